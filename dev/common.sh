@@ -1,0 +1,64 @@
+# Shared settings for the dev services. Every value can be overridden from the environment.
+# Sourced by dev/up, dev/down, dev/status and dev/install; never executed on its own.
+set -euo pipefail
+
+SNAPQ_ROOT=${SNAPQ_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+SNAPQ_STATE_DIR=${SNAPQ_STATE_DIR:-$SNAPQ_ROOT/.state}
+
+# Ceph
+CEPH_DIR=${CEPH_DIR:-$SNAPQ_STATE_DIR/ceph}
+CEPH_CONF=${CEPH_CONF:-$CEPH_DIR/ceph.conf}
+CEPH_MON_PORT_V2=${CEPH_MON_PORT_V2:-3300}
+CEPH_MON_PORT_V1=${CEPH_MON_PORT_V1:-6789}
+CEPH_OSD_SIZE_GIB=${CEPH_OSD_SIZE_GIB:-40}
+CEPH_NOVA_POOL=${CEPH_NOVA_POOL:-vms}
+CEPH_GLANCE_POOL=${CEPH_GLANCE_POOL:-images}
+
+# RabbitMQ
+RABBIT_DIR=${RABBIT_DIR:-$SNAPQ_STATE_DIR/rabbitmq}
+RABBIT_PORT=${RABBIT_PORT:-5672}
+RABBIT_MGMT_PORT=${RABBIT_MGMT_PORT:-15672}
+RABBIT_PROM_PORT=${RABBIT_PROM_PORT:-15692}
+RABBIT_DIST_PORT=${RABBIT_DIST_PORT:-25672}
+RABBIT_EPMD_PORT=${RABBIT_EPMD_PORT:-4369}
+RABBIT_USER=${RABBIT_USER:-snapq}
+RABBIT_PASSWORD=${RABBIT_PASSWORD:-snapq-dev}
+RABBIT_VHOST=${RABBIT_VHOST:-/}
+
+# Glance
+GLANCE_DIR=${GLANCE_DIR:-$SNAPQ_STATE_DIR/glance}
+GLANCE_VENV=${GLANCE_VENV:-$SNAPQ_STATE_DIR/glance-venv}
+GLANCE_PORT=${GLANCE_PORT:-9292}
+GLANCE_VERSION=${GLANCE_VERSION:-33.0.0}
+GLANCE_SHOW_MULTIPLE_LOCATIONS=${GLANCE_SHOW_MULTIPLE_LOCATIONS:-False}
+GLANCE_DO_SECURE_HASH=${GLANCE_DO_SECURE_HASH:-True}
+
+log() { printf '[dev] %s\n' "$*" >&2; }
+die() { printf '[dev] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# wait_until SECONDS DESCRIPTION LOGFILE -- command...
+wait_until() {
+  local limit=$1 what=$2 logfile=$3; shift 4
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      printf '[dev] ERROR: %s did not answer within %ss; see its log: %s\n' "$what" "$limit" "$logfile" >&2
+      [ -f "$logfile" ] && tail -n 20 "$logfile" >&2
+      return 1
+    fi
+    sleep 0.3
+  done
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pidfile PIDFILE NAME: TERM, wait up to 20 s, then KILL.
+stop_pidfile() {
+  local pidfile=$1 name=$2 pid
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then log "$name did not stop, killing"; kill -9 "$pid" 2>/dev/null || true; fi
+  rm -f "$pidfile"
+}

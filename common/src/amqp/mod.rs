@@ -1,0 +1,11 @@
+//! RabbitMQ: the topology snapq declares (in one place), connections, and confirmed publishing.
+
+mod connection;
+mod error;
+mod publish;
+mod topology;
+
+pub use connection::{connect, open_confirmed_channel};
+pub use error::AmqpError;
+pub use publish::{oslo_properties, publish_confirmed};
+pub use topology::{declare_topology, Topology, TopologyConfig};

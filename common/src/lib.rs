@@ -1,0 +1,8 @@
+//! Pieces shared by the snapq producer, worker and tests: the request message in
+//! oslo.messaging's envelope, the AMQP topology, the safe librbd layer, the Glance client and
+//! configuration.
+
+pub mod amqp;
+pub mod glance;
+pub mod message;
+pub mod rbd;

@@ -1,0 +1,38 @@
+//! A safe layer over librbd (and librados through the `ceph` crate).
+//!
+//! All `unsafe` code lives in `ffi`. Every call blocks; async code runs it through
+//! [`run_blocking`] so the runtime's threads never wait on Ceph.
+
+mod cluster;
+mod error;
+mod ffi;
+mod image;
+
+pub use cluster::{CephConfig, Cluster, Pool};
+pub use error::{RbdError, RbdErrorKind};
+pub use image::{librbd_version, ChildSpec, Image, ParentSpec, SnapshotInfo};
+
+/// Runs a blocking Ceph call on tokio's blocking thread pool.
+pub async fn run_blocking<T, F>(call: F) -> Result<T, RbdError>
+where
+    F: FnOnce() -> Result<T, RbdError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(call).await.unwrap_or_else(|join_error| {
+        Err(RbdError::with_kind(
+            "run blocking Ceph call",
+            join_error.to_string(),
+            RbdErrorKind::Interrupted,
+        ))
+    })
+}
+
+/// Connects without blocking the runtime, giving up after `timeout` (librados's own connect
+/// timeout can be minutes).
+pub async fn connect(config: CephConfig, timeout: std::time::Duration) -> Result<Cluster, RbdError> {
+    let target = format!("cluster as client.{} with {}", config.user, config.conf_path);
+    match tokio::time::timeout(timeout, run_blocking(move || Cluster::connect(&config))).await {
+        Ok(result) => result,
+        Err(_) => Err(RbdError::with_kind("connect to", target, RbdErrorKind::TimedOut)),
+    }
+}

@@ -1,0 +1,164 @@
+//! The safe librbd layer against the real dev cluster.
+
+use snapq_common::rbd::{run_blocking, Pool, RbdErrorKind};
+use snapq_tests::{cluster_as, pattern, unique_name, Services};
+
+const MIB: u64 = 1024 * 1024;
+
+fn pools(cluster: &snapq_common::rbd::Cluster) -> (Pool, Pool) {
+    let services = Services::from_env();
+    (
+        cluster.pool(&services.nova_pool).expect("open nova pool"),
+        cluster.pool(&services.glance_pool).expect("open glance pool"),
+    )
+}
+
+#[tokio::test]
+async fn snapshot_clone_flatten_and_cleanup_keep_the_data() {
+    let cluster = cluster_as("nova").await;
+    let (vms, images) = pools(&cluster);
+    let disk = unique_name("rbdlayer-disk");
+    let clone = unique_name("rbdlayer-clone");
+    let (disk2, clone2) = (disk.clone(), clone.clone());
+    run_blocking(move || {
+        vms.create_image(&disk2, 64 * MIB)?;
+        let mut image = vms.open(&disk2)?;
+        image.write_at(4 * MIB, &pattern(1, MIB as usize))?;
+        image.write_at(40 * MIB, &pattern(2, MIB as usize))?;
+        image.flush()?;
+        assert_eq!(image.size()?, 64 * MIB);
+        assert_eq!(image.used_bytes()?, 8 * MIB, "two 4 MiB objects are allocated");
+
+        image.create_snap("s1")?;
+        assert!(image.snap_exists("s1")?);
+        assert!(!image.snap_exists("nope")?);
+        image.protect_snap("s1")?;
+        assert!(image.is_snap_protected("s1")?);
+        assert_eq!(image.snapshots()?.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+
+        let features = image.features()?;
+        images.clone_from(&vms, &disk2, "s1", &clone2, features)?;
+        let snap_view = vms.open_read_only(&disk2, Some("s1"))?;
+        let children = snap_view.children()?;
+        assert_eq!(children.len(), 1);
+        assert_eq!((children[0].pool.as_str(), children[0].image.as_str()), (images.name(), clone2.as_str()));
+        drop(snap_view);
+
+        let err = vms.remove_image(&disk2).expect_err("an image whose snapshot has a clone cannot go");
+        assert_eq!(err.kind, RbdErrorKind::HasSnapshots, "{err}");
+
+        let mut cloned = images.open(&clone2)?;
+        let parent = cloned.parent()?.expect("a fresh clone has a parent");
+        assert_eq!((parent.pool.as_str(), parent.image.as_str(), parent.snap.as_str()), (vms.name(), disk2.as_str(), "s1"));
+        let mut calls = 0u32;
+        let mut last_total = 0u64;
+        cloned.flatten(&mut |_, total| {
+            calls += 1;
+            last_total = total;
+        })?;
+        assert!(calls > 0 && last_total > 0, "flatten reports progress");
+        assert_eq!(cloned.parent()?, None, "a flattened clone has no parent");
+        let mut buf = vec![0u8; MIB as usize];
+        cloned.read_at(40 * MIB, &mut buf)?;
+        assert!(buf == pattern(2, MIB as usize), "flattened clone holds the source data");
+        assert_eq!(cloned.used_bytes()?, 8 * MIB, "flatten keeps the clone sparse");
+        drop(cloned);
+
+        image.unprotect_snap("s1")?;
+        image.remove_snap("s1")?;
+        assert!(image.snapshots()?.is_empty());
+        drop(image);
+        images.remove_image(&clone2)?;
+        vms.remove_image(&disk2)?;
+        assert!(!vms.image_exists(&disk2)?);
+        Ok(())
+    })
+    .await
+    .expect("rbd operations succeed");
+}
+
+#[tokio::test]
+async fn errno_becomes_typed_errors_naming_the_target() {
+    let cluster = cluster_as("nova").await;
+    let (vms, _) = pools(&cluster);
+    let name = unique_name("rbdlayer-errs");
+    let name2 = name.clone();
+    run_blocking(move || {
+        let missing = vms.open(&name2).expect_err("image does not exist");
+        assert_eq!(missing.kind, RbdErrorKind::NotFound);
+        assert!(missing.to_string().contains(&format!("vms/{name2}")), "{missing}");
+        vms.create_image(&name2, 8 * MIB)?;
+        let exists = vms.create_image(&name2, 8 * MIB).expect_err("second create fails");
+        assert_eq!(exists.kind, RbdErrorKind::AlreadyExists);
+        let mut image = vms.open(&name2)?;
+        image.create_snap("keep")?;
+        drop(image);
+        let has_snaps = vms.remove_image(&name2).expect_err("image with snapshots cannot go");
+        assert_eq!(has_snaps.kind, RbdErrorKind::HasSnapshots);
+        let mut image = vms.open(&name2)?;
+        image.remove_snap("keep")?;
+        let gone = image.remove_snap("keep").expect_err("removing twice fails");
+        assert!(gone.is_not_found());
+        drop(image);
+        vms.remove_image(&name2)?;
+        Ok(())
+    })
+    .await
+    .expect("rbd operations succeed");
+}
+
+#[tokio::test]
+async fn read_only_user_gets_permission_denied_on_clone_and_leaves_nothing() {
+    let admin = cluster_as("nova").await;
+    let ro = cluster_as("nova-ro").await;
+    let (vms, images) = pools(&admin);
+    let (ro_vms, ro_images) = pools(&ro);
+    let disk = unique_name("rbdlayer-ro");
+    let child = unique_name("rbdlayer-ro-clone");
+    let (disk2, child2) = (disk.clone(), child.clone());
+    run_blocking(move || {
+        vms.create_image(&disk2, 8 * MIB)?;
+        let mut image = ro_vms.open(&disk2)?;
+        image.create_snap("s")?;
+        image.protect_snap("s")?;
+        let features = image.features()?;
+        let err = ro_images
+            .clone_from(&ro_vms, &disk2, "s", &child2, features)
+            .expect_err("nova-ro cannot write to the images pool");
+        assert_eq!(err.kind, RbdErrorKind::PermissionDenied, "{err}");
+        assert!(err.is_fallback_reason());
+        assert!(!images.image_exists(&child2)?, "the failed clone leaves no image");
+        assert!(!images.trash_image_names()?.contains(&child2), "nor a trashed one");
+        image.unprotect_snap("s")?;
+        image.remove_snap("s")?;
+        drop(image);
+        vms.remove_image(&disk2)?;
+        Ok(())
+    })
+    .await
+    .expect("rbd operations succeed");
+}
+
+#[tokio::test]
+async fn fsid_matches_the_cluster() {
+    let cluster = cluster_as("nova").await;
+    let output = std::process::Command::new("ceph")
+        .args(["-c", &Services::from_env().ceph_conf, "fsid"])
+        .output()
+        .expect("run the ceph CLI");
+    assert!(output.status.success());
+    assert_eq!(cluster.fsid(), String::from_utf8_lossy(&output.stdout).trim());
+    assert!(snapq_common::rbd::librbd_version().starts_with("1."));
+}
+
+#[tokio::test]
+async fn connecting_as_an_unknown_user_fails_with_an_error() {
+    let config = snapq_common::rbd::CephConfig {
+        conf_path: Services::from_env().ceph_conf,
+        user: "no-such-user".into(),
+    };
+    let err = snapq_common::rbd::connect(config, std::time::Duration::from_secs(30))
+        .await
+        .expect_err("unknown users cannot connect");
+    assert!(err.to_string().contains("client.no-such-user"), "{err}");
+}

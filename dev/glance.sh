@@ -2,7 +2,7 @@
 # Sourced by dev/up.
 
 glance_write_conf() {
-  mkdir -p "$GLANCE_DIR"/{etc,log,staging,tasks,run}
+  mkdir -p "$GLANCE_DIR"/{etc,log,staging,tasks,run,locks}
   cat > "$GLANCE_DIR/etc/glance-api.conf" <<CONF
 [DEFAULT]
 enabled_backends = ceph:rbd
@@ -29,6 +29,11 @@ filesystem_store_datadir = $GLANCE_DIR/staging
 
 [os_glance_tasks_store]
 filesystem_store_datadir = $GLANCE_DIR/tasks
+
+[oslo_concurrency]
+# Without a lock path Glance's background hashing after a location import fails, and the
+# image keeps an import lock that makes every DELETE answer 500.
+lock_path = $GLANCE_DIR/locks
 
 [paste_deploy]
 config_file = $GLANCE_DIR/etc/glance-api-paste.ini

@@ -3,6 +3,7 @@
 //! configuration.
 
 pub mod amqp;
+pub mod config;
 pub mod glance;
 pub mod message;
 pub mod rbd;

@@ -1,0 +1,128 @@
+//! How to reach Glance, validated once in [`GlanceClient::new`](super::GlanceClient::new).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::error::GlanceError;
+use super::location::LocationApi;
+
+/// Where Glance is and how to talk to it.
+#[derive(Clone)]
+pub struct GlanceConfig {
+    /// Image API endpoint without the version, e.g. `http://glance:9292`. Plain `http` only:
+    /// this build has no TLS (put a TLS-terminating proxy in front if needed).
+    pub url: String,
+    /// Sent as `X-Auth-Token`; never logged or put in errors. Registering an `rbd://` location
+    /// through the new API needs the `service` role.
+    pub token: Option<String>,
+    /// Deadline for every request except the upload, whose length is set by its body.
+    pub request_timeout: Duration,
+    pub location_api: LocationApi,
+}
+
+impl GlanceConfig {
+    /// The endpoint without trailing slashes, checked to be an `http://` URL.
+    pub(super) fn validated_base_url(&self) -> Result<String, GlanceError> {
+        let invalid = |reason: String| GlanceError::InvalidConfig {
+            field: "url",
+            reason,
+        };
+        let base = self.url.trim().trim_end_matches('/');
+        let parsed = reqwest::Url::parse(base).map_err(|e| invalid(format!("'{base}': {e}")))?;
+        match parsed.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(format!(
+                    "'{base}': this build has no TLS support; use http:// (e.g. behind a \
+                     TLS-terminating proxy)"
+                )))
+            }
+            other => return Err(invalid(format!("'{base}': unsupported scheme '{other}'"))),
+        }
+        if parsed.host().is_none() {
+            return Err(invalid(format!("'{base}': no host")));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            // Credentials belong in `token`; a URL ends up in logs and errors.
+            return Err(invalid("must not contain credentials".to_string()));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(invalid(format!(
+                "'{base}': must not have a query or fragment"
+            )));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(GlanceError::InvalidConfig {
+                field: "request_timeout",
+                reason: "must be greater than zero".to_string(),
+            });
+        }
+        Ok(base.to_string())
+    }
+}
+
+/// Shows whether a token is set, never the token.
+impl fmt::Debug for GlanceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GlanceConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout", &self.request_timeout)
+            .field("location_api", &self.location_api)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> GlanceConfig {
+        GlanceConfig {
+            url: url.to_string(),
+            token: Some("s3cret-token".to_string()),
+            request_timeout: Duration::from_secs(10),
+            location_api: LocationApi::Auto,
+        }
+    }
+
+    #[test]
+    fn base_url_loses_trailing_slashes() {
+        let base = config("http://127.0.0.1:9292//")
+            .validated_base_url()
+            .unwrap();
+        assert_eq!(base, "http://127.0.0.1:9292");
+    }
+
+    #[test]
+    fn rejects_https_garbage_credentials_and_zero_timeout() {
+        for url in [
+            "https://glance",
+            "glance:9292",
+            "ftp://glance",
+            "http://u:p@glance",
+        ] {
+            let err = config(url).validated_base_url().unwrap_err();
+            assert!(
+                matches!(err, GlanceError::InvalidConfig { field: "url", .. }),
+                "{url}"
+            );
+        }
+        let mut zero = config("http://glance");
+        zero.request_timeout = Duration::ZERO;
+        assert!(matches!(
+            zero.validated_base_url(),
+            Err(GlanceError::InvalidConfig {
+                field: "request_timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let shown = format!("{:?}", config("http://glance"));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}

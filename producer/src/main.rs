@@ -1,0 +1,100 @@
+//! `snapq`: asks the workers for an instance snapshot.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use snapq_common::amqp::Topology;
+use snapq_common::config::{AmqpArgs, GlanceArgs};
+use snapq_common::glance::{GlanceClient, NewImage};
+use snapq_common::message::{validate_glance_image_name, DiskSpec, SnapshotRequest};
+use snapq_producer::Producer;
+
+#[derive(Debug, Parser)]
+#[command(name = "snapq", version, about = "Snapshots Ceph RBD instance disks into Glance images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Request a snapshot of an instance disk.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SnapshotArgs {
+    /// The instance disk, `pool/image`, e.g. vms/<instance uuid>_disk
+    #[arg(long)]
+    disk: String,
+    /// Name of the Glance image.
+    #[arg(long)]
+    name: String,
+    /// An existing queued Glance image to fill; created when absent.
+    #[arg(long)]
+    image_id: Option<uuid::Uuid>,
+    /// Wait for the worker's result and print it.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    glance: GlanceArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Snapshot(args) => snapshot(args).await,
+    }
+}
+
+async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let disk = DiskSpec::parse("--disk", &args.disk)?;
+    validate_glance_image_name("--name", &args.name)?;
+    let image_id = match args.image_id {
+        Some(id) => id,
+        None => {
+            let glance = GlanceClient::new(args.glance.config())?;
+            glance
+                .create_image(&NewImage::raw(args.name.clone()))
+                .await
+                .context("creating the queued Glance image")?
+                .id
+        }
+    };
+    let request = SnapshotRequest::new(disk, image_id, args.name.clone());
+    let producer = Producer::connect(&args.amqp.url, Topology::new(args.amqp.topology())).await?;
+    println!("job {} image {}", request.unique_id, image_id);
+    if !args.wait {
+        producer.cast(&request).await?;
+        producer.close().await;
+        return Ok(());
+    }
+    let reply = producer.call(request, Duration::from_secs(args.timeout)).await?;
+    producer.close().await;
+    if let Some(failure) = reply.failure {
+        bail!("snapshot failed: {}", failure.message);
+    }
+    let result = reply.result.unwrap_or_default();
+    println!(
+        "image {} {} by the {} path in {:.2} s (worker {:.2} s)",
+        image_id,
+        result["status"].as_str().unwrap_or("?"),
+        result["method"].as_str().unwrap_or("?"),
+        started.elapsed().as_secs_f64(),
+        result["seconds"].as_f64().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Everything a job's steps need: the request, the artefact names, and handles to Ceph and
+//! Glance.
+
+use std::time::Duration;
+
+use snapq_common::glance::GlanceClient;
+use snapq_common::message::SnapshotRequest;
+use snapq_common::rbd::{Cluster, Pool};
+use uuid::Uuid;
+
+use crate::names::ArtifactNames;
+
+/// Per-job state shared by the steps. Cheap handles only: pools and the Glance client are
+/// reference-counted.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: String,
+    pub image_id: Uuid,
+    pub names: ArtifactNames,
+    pub fsid: String,
+    /// The pool holding the instance disk.
+    pub source_pool: Pool,
+    /// Glance's pool, where the image is made.
+    pub image_pool: Pool,
+    pub glance: GlanceClient,
+    /// How long Glance may take to turn a registered location into an `active` image.
+    pub active_timeout: Duration,
+}
+
+impl JobContext {
+    pub fn new(
+        request: &SnapshotRequest,
+        cluster: &Cluster,
+        image_pool: &Pool,
+        glance: &GlanceClient,
+        active_timeout: Duration,
+    ) -> Result<JobContext, crate::JobError> {
+        let source_pool = cluster.pool(&request.disk.pool)?;
+        Ok(JobContext {
+            job_id: request.unique_id.clone(),
+            image_id: request.image_id,
+            names: ArtifactNames::for_request(request, image_pool.name()),
+            fsid: cluster.fsid().to_string(),
+            source_pool,
+            image_pool: image_pool.clone(),
+            glance: glance.clone(),
+            active_timeout,
+        })
+    }
+}

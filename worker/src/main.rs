@@ -1,0 +1,71 @@
+//! `snapq-worker`: consumes snapshot requests from RabbitMQ.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use snapq_common::amqp::Topology;
+use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
+use snapq_common::glance::GlanceClient;
+use snapq_worker::{run_worker, WorkerSettings};
+
+#[derive(Debug, Parser)]
+#[command(name = "snapq-worker", version, about = "Turns RBD instance disks into Glance images inside Ceph")]
+struct Args {
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    ceph: CephArgs,
+    #[command(flatten)]
+    glance: GlanceArgs,
+    /// Jobs run at once by this worker.
+    #[arg(long, env = "SNAPQ_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Seconds Glance may take to make a registered image active.
+    #[arg(long, env = "SNAPQ_ACTIVE_TIMEOUT", default_value_t = 120)]
+    active_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let cluster = snapq_common::rbd::connect(
+        args.ceph.config(),
+        Duration::from_secs(args.ceph.connect_timeout_secs),
+    )
+    .await
+    .context("connecting to Ceph")?;
+    let image_pool = cluster.pool(&args.ceph.glance_pool).context("opening Glance's pool")?;
+    let glance = GlanceClient::new(args.glance.config()).context("configuring the Glance client")?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let settings = WorkerSettings {
+        amqp_url: args.amqp.url.clone(),
+        topology: Topology::new(args.amqp.topology()),
+        cluster,
+        image_pool,
+        glance,
+        concurrency: args.concurrency,
+        active_timeout: Duration::from_secs(args.active_timeout),
+        name: format!("snapq-worker:{host}:{}", std::process::id()),
+    };
+    run_worker(settings, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,50 @@
+//! Answers to oslo `call`s: the result or the failure, sent to the caller's reply queue.
+
+use lapin::Channel;
+use snapq_common::amqp::{oslo_properties, publish_confirmed};
+use snapq_common::message::{RpcFailure, RpcReply, SnapshotRequest};
+use tracing::warn;
+
+use crate::error::JobError;
+use crate::pipeline::JobOutcome;
+
+/// The result a successful job returns to its caller.
+pub fn success_result(request: &SnapshotRequest, outcome: &JobOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "image_id": request.image_id.to_string(),
+        "status": "active",
+        "method": outcome.method.name(),
+        "seconds": outcome.elapsed.as_secs_f64(),
+        "steps": outcome.steps.iter().map(|(step, report, took)| serde_json::json!({
+            "step": step.name(),
+            "did": format!("{report:?}"),
+            "seconds": took.as_secs_f64(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn failure(error: &JobError) -> RpcFailure {
+    RpcFailure {
+        class: "SnapshotFailed".into(),
+        module: "snapq".into(),
+        message: error.to_string(),
+    }
+}
+
+/// Sends the reply if the request was a `call`. A caller that went away is not an error of
+/// the job: the reply is logged and dropped.
+pub async fn send(
+    channel: &Channel,
+    request: &SnapshotRequest,
+    result: Option<serde_json::Value>,
+    failure: Option<RpcFailure>,
+) {
+    let Some(reply_to) = &request.reply else { return };
+    let reply = RpcReply { msg_id: reply_to.msg_id.clone(), result, failure };
+    if let Err(e) =
+        publish_confirmed(channel, "", &reply_to.reply_queue, &reply.encode(), oslo_properties())
+            .await
+    {
+        warn!(reply_queue = %reply_to.reply_queue, error = %e, "could not deliver the reply");
+    }
+}

@@ -1,0 +1,14 @@
+//! Step 4: remove the snapshot of the instance disk (the clone no longer needs it).
+
+use snapq_common::rbd::run_blocking;
+
+use super::StepReport;
+use crate::context::JobContext;
+use crate::error::JobError;
+
+pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    let (source_pool, names) = (ctx.source_pool.clone(), ctx.names.clone());
+    let report = run_blocking(move || crate::cleanup::remove_source_snapshot(&source_pool, &names))
+        .await?;
+    Ok(report)
+}

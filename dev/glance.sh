@@ -105,6 +105,10 @@ glance_up() {
   if [ ! -f "$GLANCE_DIR/glance.sqlite" ]; then
     "$GLANCE_VENV/bin/glance-manage" --config-file "$GLANCE_DIR/etc/glance-api.conf" db_sync \
       >>"$GLANCE_DIR/log/db_sync.log" 2>&1 || die "glance: db_sync failed; see $GLANCE_DIR/log/db_sync.log"
+    # WAL lets readers run beside a writer: fewer "database is locked" 500s when requests
+    # overlap (the setting is stored in the database file).
+    "$GLANCE_VENV/bin/python" -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL")' \
+      "$GLANCE_DIR/glance.sqlite"
   fi
   if ! pid_alive "$GLANCE_DIR/run/uwsgi.pid"; then
     (cd "$GLANCE_DIR" && setsid -f "$GLANCE_VENV/bin/uwsgi" --ini "$GLANCE_DIR/etc/uwsgi.ini" \

@@ -45,13 +45,21 @@ pub struct GlanceArgs {
     #[arg(id = "glance-url", long = "glance-url", env = "SNAPQ_GLANCE_URL")]
     pub url: String,
     /// Keystone token sent as X-Auth-Token (never logged).
-    #[arg(long = "glance-token", env = "SNAPQ_GLANCE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "glance-token",
+        env = "SNAPQ_GLANCE_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Which location API to use: auto, new (POST .../locations, API 2.17+) or legacy (PATCH).
     #[arg(long = "glance-location-api", env = "SNAPQ_GLANCE_LOCATION_API", default_value = "auto", value_parser = parse_location_api)]
     pub location_api: LocationApi,
     /// Seconds one Glance request may take.
-    #[arg(long = "glance-timeout", env = "SNAPQ_GLANCE_TIMEOUT", default_value_t = 60)]
+    #[arg(
+        long = "glance-timeout",
+        env = "SNAPQ_GLANCE_TIMEOUT",
+        default_value_t = 60
+    )]
     pub timeout_secs: u64,
 }
 
@@ -79,21 +87,36 @@ impl GlanceArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CephArgs {
     /// ceph.conf naming the monitors and the keyring.
-    #[arg(long = "ceph-conf", env = "SNAPQ_CEPH_CONF", default_value = "/etc/ceph/ceph.conf")]
+    #[arg(
+        long = "ceph-conf",
+        env = "SNAPQ_CEPH_CONF",
+        default_value = "/etc/ceph/ceph.conf"
+    )]
     pub conf: String,
     /// Ceph user id without `client.` (Nova's user: rbd on the disk and image pools).
     #[arg(long = "ceph-user", env = "SNAPQ_CEPH_USER", default_value = "nova")]
     pub user: String,
     /// Pool Glance's rbd store uses.
-    #[arg(long = "glance-pool", env = "SNAPQ_GLANCE_POOL", default_value = "images")]
+    #[arg(
+        long = "glance-pool",
+        env = "SNAPQ_GLANCE_POOL",
+        default_value = "images"
+    )]
     pub glance_pool: String,
     /// Seconds to wait for the cluster connection.
-    #[arg(long = "ceph-connect-timeout", env = "SNAPQ_CEPH_CONNECT_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        long = "ceph-connect-timeout",
+        env = "SNAPQ_CEPH_CONNECT_TIMEOUT",
+        default_value_t = 30
+    )]
     pub connect_timeout_secs: u64,
 }
 
 impl CephArgs {
     pub fn config(&self) -> CephConfig {
-        CephConfig { conf_path: self.conf.clone(), user: self.user.clone() }
+        CephConfig {
+            conf_path: self.conf.clone(),
+            user: self.user.clone(),
+        }
     }
 }

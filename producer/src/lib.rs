@@ -34,7 +34,11 @@ impl Producer {
         let connection = amqp::connect(url, "snapq-producer").await?;
         let channel = amqp::open_confirmed_channel(&connection).await?;
         amqp::declare_topology(&channel, &topology).await?;
-        Ok(Producer { connection, channel, topology })
+        Ok(Producer {
+            connection,
+            channel,
+            topology,
+        })
     }
 
     /// Publishes the request and returns once the broker has confirmed it (oslo `cast`).
@@ -63,11 +67,18 @@ impl Producer {
         self.channel
             .queue_declare(
                 reply_queue.as_str().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
-            .map_err(|source| AmqpError::Broker { op: "declare reply queue", source })?;
+            .map_err(|source| AmqpError::Broker {
+                op: "declare reply queue",
+                source,
+            })?;
         let mut replies = self
             .channel
             .basic_consume(
@@ -77,13 +88,21 @@ impl Producer {
                 FieldTable::default(),
             )
             .await
-            .map_err(|source| AmqpError::Broker { op: "consume reply queue", source })?;
-        request.reply = Some(ReplyTo { msg_id: msg_id.clone(), reply_queue });
+            .map_err(|source| AmqpError::Broker {
+                op: "consume reply queue",
+                source,
+            })?;
+        request.reply = Some(ReplyTo {
+            msg_id: msg_id.clone(),
+            reply_queue,
+        });
         self.cast(&request).await?;
         let wait = async {
             while let Some(delivery) = replies.next().await {
-                let delivery = delivery
-                    .map_err(|source| AmqpError::Broker { op: "receive reply", source })?;
+                let delivery = delivery.map_err(|source| AmqpError::Broker {
+                    op: "receive reply",
+                    source,
+                })?;
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 let reply = RpcReply::decode(&delivery.data)?;
                 if reply.msg_id == msg_id {
@@ -92,7 +111,9 @@ impl Producer {
             }
             Err(ProducerError::ReplyQueueClosed)
         };
-        tokio::time::timeout(timeout, wait).await.map_err(|_| ProducerError::Timeout(timeout))?
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ProducerError::Timeout(timeout))?
     }
 
     pub async fn close(self) {

@@ -11,7 +11,11 @@ use snapq_common::message::{validate_glance_image_name, DiskSpec, SnapshotReques
 use snapq_producer::Producer;
 
 #[derive(Debug, Parser)]
-#[command(name = "snapq", version, about = "Snapshots Ceph RBD instance disks into Glance images")]
+#[command(
+    name = "snapq",
+    version,
+    about = "Snapshots Ceph RBD instance disks into Glance images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,9 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         producer.close().await;
         return Ok(());
     }
-    let reply = producer.call(request, Duration::from_secs(args.timeout)).await?;
+    let reply = producer
+        .call(request, Duration::from_secs(args.timeout))
+        .await?;
     producer.close().await;
     if let Some(failure) = reply.failure {
         bail!("snapshot failed: {}", failure.message);

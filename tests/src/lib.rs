@@ -107,3 +107,215 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+pub mod worker_harness {
+    //! Runs a real `snapq-worker` (the library, in this process) against the dev services,
+    //! on a topic of its own so tests running side by side never take each other's jobs.
+
+    use std::time::Duration;
+
+    use snapq_common::amqp::{Topology, TopologyConfig};
+    use snapq_common::glance::{GlanceClient, GlanceConfig, LocationApi};
+    use snapq_worker::{run_worker, WorkerSettings};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::{cluster_as, unique_name, Services};
+
+    pub struct RunningWorker {
+        pub topology: Topology,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    pub fn glance_client(url: &str) -> GlanceClient {
+        GlanceClient::new(GlanceConfig {
+            url: url.to_string(),
+            token: None,
+            request_timeout: Duration::from_secs(30),
+            location_api: LocationApi::Auto,
+        })
+        .expect("valid Glance settings")
+    }
+
+    /// A fresh topology (work queue, dead-letter queue) for one test.
+    pub fn test_topology(prefix: &str) -> Topology {
+        Topology::new(TopologyConfig {
+            topic: unique_name(prefix),
+            delivery_limit: 3,
+            ..TopologyConfig::default()
+        })
+    }
+
+    impl RunningWorker {
+        /// Starts a worker connecting to Ceph as `ceph_user`.
+        pub async fn start(topology: Topology, ceph_user: &str) -> RunningWorker {
+            let services = Services::from_env();
+            let cluster = cluster_as(ceph_user).await;
+            let image_pool = cluster
+                .pool(&services.glance_pool)
+                .expect("open Glance's pool");
+            let settings = WorkerSettings {
+                amqp_url: services.amqp_url.clone(),
+                topology: topology.clone(),
+                cluster,
+                image_pool,
+                glance: glance_client(&services.glance_url),
+                concurrency: 2,
+                active_timeout: Duration::from_secs(60),
+                name: format!("snapq-test-worker:{}", topology.work_queue),
+            };
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = run_worker(settings, shutdown).await {
+                    panic!("worker failed: {e}");
+                }
+            });
+            // Let the worker declare the topology and start consuming.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            RunningWorker {
+                topology,
+                stop: Some(stop),
+                task: Some(task),
+            }
+        }
+
+        /// Asks the worker to stop and waits until its running jobs are done.
+        pub async fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(task) = self.task.take() {
+                task.await.expect("worker task ends cleanly");
+            }
+        }
+    }
+}
+
+pub mod rabbit {
+    //! Looking at queues through the broker, for assertions.
+
+    use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+
+    use super::Services;
+
+    pub async fn channel() -> (lapin::Connection, lapin::Channel) {
+        let services = Services::from_env();
+        let connection = snapq_common::amqp::connect(&services.amqp_url, "snapq-tests")
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = snapq_common::amqp::open_confirmed_channel(&connection)
+            .await
+            .expect("open a channel");
+        (connection, channel)
+    }
+
+    /// Takes one message off `queue`, waiting up to `timeout` for one to arrive.
+    pub async fn get_one(
+        queue: &str,
+        timeout: std::time::Duration,
+    ) -> Option<lapin::message::BasicGetMessage> {
+        let (_connection, channel) = channel().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                message
+                    .delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                return Some(message);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn depth(queue: &str) -> u32 {
+        let (_connection, channel) = channel().await;
+        channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .expect("queue exists")
+    }
+
+    pub async fn delete_queues(queues: &[&str]) {
+        let (_connection, channel) = channel().await;
+        for queue in queues {
+            let _ = channel
+                .queue_delete((*queue).into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+pub mod disks {
+    //! Instance disks for tests: sparse images with deterministic data.
+
+    use snapq_common::rbd::{run_blocking, Pool};
+
+    use super::pattern;
+
+    pub const MIB: u64 = 1024 * 1024;
+
+    /// Creates `pool/name` of `size` bytes with `extents` 4 MiB extents of pattern data spread
+    /// over it; the rest stays unallocated.
+    pub async fn make_disk(pool: &Pool, name: &str, size: u64, extents: u64) {
+        let (pool, name) = (pool.clone(), name.to_string());
+        run_blocking(move || {
+            pool.create_image(&name, size)?;
+            let mut image = pool.open(&name)?;
+            let stride = (size / extents.max(1)) / (4 * MIB) * (4 * MIB);
+            for i in 0..extents {
+                image.write_at(i * stride, &pattern(i + 1, (4 * MIB) as usize))?;
+            }
+            image.flush()
+        })
+        .await
+        .expect("create the test disk");
+    }
+
+    /// A digest of the whole content of `pool/name[@snap]` (FNV-1a over 4 MiB reads).
+    pub async fn content_digest(pool: &Pool, name: &str, snap: Option<&str>) -> u64 {
+        let (pool, name, snap) = (pool.clone(), name.to_string(), snap.map(str::to_string));
+        run_blocking(move || {
+            let image = pool.open_read_only(&name, snap.as_deref())?;
+            let size = image.size()?;
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut buf = vec![0u8; (4 * MIB) as usize];
+            let mut offset = 0;
+            while offset < size {
+                let n = image.read_at(offset, &mut buf)?;
+                for byte in &buf[..n] {
+                    hash ^= u64::from(*byte);
+                    hash = hash.wrapping_mul(0x0100_0000_01b3);
+                }
+                offset += n as u64;
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(hash)
+        })
+        .await
+        .expect("read the image")
+    }
+}

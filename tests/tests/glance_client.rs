@@ -214,12 +214,13 @@ async fn new_location_api_makes_image_active_with_rbd_size() {
     assert_eq!(image.size, Some(rbd_size(&rbd_spec)));
     assert_eq!(image.direct_url.as_deref(), Some(url.as_str()));
 
-    // Best-effort cleanup: Glance deletes a location image (and its RBD image) only if its
-    // background hash ran, which needs `[oslo_concurrency] lock_path`; without it the image keeps
-    // its import lock and DELETE answers 500.
-    if let Err(e) = glance.delete_image(id).await {
-        eprintln!("cleanup: image {id} not deleted: {e}");
-    }
+    // Glance deletes a location image (and its RBD image) once its background hash ran,
+    // which needs `[oslo_concurrency] lock_path` (set by dev/glance.sh).
+    glance.delete_image(id).await.expect("delete image");
+    assert!(
+        rbd(&["info", &rbd_spec]).status.code() != Some(0),
+        "the RBD image is gone"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ fn pools(cluster: &snapq_common::rbd::Cluster) -> (Pool, Pool) {
     let services = Services::from_env();
     (
         cluster.pool(&services.nova_pool).expect("open nova pool"),
-        cluster.pool(&services.glance_pool).expect("open glance pool"),
+        cluster
+            .pool(&services.glance_pool)
+            .expect("open glance pool"),
     )
 }
 
@@ -27,29 +29,52 @@ async fn snapshot_clone_flatten_and_cleanup_keep_the_data() {
         image.write_at(40 * MIB, &pattern(2, MIB as usize))?;
         image.flush()?;
         assert_eq!(image.size()?, 64 * MIB);
-        assert_eq!(image.used_bytes()?, 8 * MIB, "two 4 MiB objects are allocated");
+        assert_eq!(
+            image.used_bytes()?,
+            8 * MIB,
+            "two 4 MiB objects are allocated"
+        );
 
         image.create_snap("s1")?;
         assert!(image.snap_exists("s1")?);
         assert!(!image.snap_exists("nope")?);
         image.protect_snap("s1")?;
         assert!(image.is_snap_protected("s1")?);
-        assert_eq!(image.snapshots()?.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(
+            image
+                .snapshots()?
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["s1"]
+        );
 
         let features = image.features()?;
         images.clone_from(&vms, &disk2, "s1", &clone2, features)?;
         let snap_view = vms.open_read_only(&disk2, Some("s1"))?;
         let children = snap_view.children()?;
         assert_eq!(children.len(), 1);
-        assert_eq!((children[0].pool.as_str(), children[0].image.as_str()), (images.name(), clone2.as_str()));
+        assert_eq!(
+            (children[0].pool.as_str(), children[0].image.as_str()),
+            (images.name(), clone2.as_str())
+        );
         drop(snap_view);
 
-        let err = vms.remove_image(&disk2).expect_err("an image whose snapshot has a clone cannot go");
+        let err = vms
+            .remove_image(&disk2)
+            .expect_err("an image whose snapshot has a clone cannot go");
         assert_eq!(err.kind, RbdErrorKind::HasSnapshots, "{err}");
 
         let mut cloned = images.open(&clone2)?;
         let parent = cloned.parent()?.expect("a fresh clone has a parent");
-        assert_eq!((parent.pool.as_str(), parent.image.as_str(), parent.snap.as_str()), (vms.name(), disk2.as_str(), "s1"));
+        assert_eq!(
+            (
+                parent.pool.as_str(),
+                parent.image.as_str(),
+                parent.snap.as_str()
+            ),
+            (vms.name(), disk2.as_str(), "s1")
+        );
         let mut calls = 0u32;
         let mut last_total = 0u64;
         cloned.flatten(&mut |_, total| {
@@ -60,8 +85,15 @@ async fn snapshot_clone_flatten_and_cleanup_keep_the_data() {
         assert_eq!(cloned.parent()?, None, "a flattened clone has no parent");
         let mut buf = vec![0u8; MIB as usize];
         cloned.read_at(40 * MIB, &mut buf)?;
-        assert!(buf == pattern(2, MIB as usize), "flattened clone holds the source data");
-        assert_eq!(cloned.used_bytes()?, 8 * MIB, "flatten keeps the clone sparse");
+        assert!(
+            buf == pattern(2, MIB as usize),
+            "flattened clone holds the source data"
+        );
+        assert_eq!(
+            cloned.used_bytes()?,
+            8 * MIB,
+            "flatten keeps the clone sparse"
+        );
         drop(cloned);
 
         image.unprotect_snap("s1")?;
@@ -86,14 +118,21 @@ async fn errno_becomes_typed_errors_naming_the_target() {
     run_blocking(move || {
         let missing = vms.open(&name2).expect_err("image does not exist");
         assert_eq!(missing.kind, RbdErrorKind::NotFound);
-        assert!(missing.to_string().contains(&format!("vms/{name2}")), "{missing}");
+        assert!(
+            missing.to_string().contains(&format!("vms/{name2}")),
+            "{missing}"
+        );
         vms.create_image(&name2, 8 * MIB)?;
-        let exists = vms.create_image(&name2, 8 * MIB).expect_err("second create fails");
+        let exists = vms
+            .create_image(&name2, 8 * MIB)
+            .expect_err("second create fails");
         assert_eq!(exists.kind, RbdErrorKind::AlreadyExists);
         let mut image = vms.open(&name2)?;
         image.create_snap("keep")?;
         drop(image);
-        let has_snaps = vms.remove_image(&name2).expect_err("image with snapshots cannot go");
+        let has_snaps = vms
+            .remove_image(&name2)
+            .expect_err("image with snapshots cannot go");
         assert_eq!(has_snaps.kind, RbdErrorKind::HasSnapshots);
         let mut image = vms.open(&name2)?;
         image.remove_snap("keep")?;
@@ -127,8 +166,14 @@ async fn read_only_user_gets_permission_denied_on_clone_and_leaves_nothing() {
             .expect_err("nova-ro cannot write to the images pool");
         assert_eq!(err.kind, RbdErrorKind::PermissionDenied, "{err}");
         assert!(err.is_fallback_reason());
-        assert!(!images.image_exists(&child2)?, "the failed clone leaves no image");
-        assert!(!images.trash_image_names()?.contains(&child2), "nor a trashed one");
+        assert!(
+            !images.image_exists(&child2)?,
+            "the failed clone leaves no image"
+        );
+        assert!(
+            !images.trash_image_names()?.contains(&child2),
+            "nor a trashed one"
+        );
         image.unprotect_snap("s")?;
         image.remove_snap("s")?;
         drop(image);
@@ -147,7 +192,10 @@ async fn fsid_matches_the_cluster() {
         .output()
         .expect("run the ceph CLI");
     assert!(output.status.success());
-    assert_eq!(cluster.fsid(), String::from_utf8_lossy(&output.stdout).trim());
+    assert_eq!(
+        cluster.fsid(),
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
     assert!(snapq_common::rbd::librbd_version().starts_with("1."));
 }
 

@@ -66,8 +66,11 @@ pub async fn remove_partial_state(ctx: &JobContext) -> Result<(), JobError> {
         Err(GlanceError::NotFound { .. }) => false,
         Err(e) => return Err(e.into()),
     };
-    let (source_pool, image_pool, names) =
-        (ctx.source_pool.clone(), ctx.image_pool.clone(), ctx.names.clone());
+    let (source_pool, image_pool, names) = (
+        ctx.source_pool.clone(),
+        ctx.image_pool.clone(),
+        ctx.names.clone(),
+    );
     let (image, snapshot) = run_blocking(move || {
         let image = if serves_clone {
             StepReport::AlreadyDone

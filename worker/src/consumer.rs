@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use snapq_common::amqp::{self, Topology};
@@ -92,8 +94,13 @@ pub async fn run_worker(
             },
         }
     };
-    info!(running = jobs.len(), "stopping: no new jobs; waiting for running jobs");
-    let _ = channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()).await;
+    info!(
+        running = jobs.len(),
+        "stopping: no new jobs; waiting for running jobs"
+    );
+    let _ = channel
+        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .await;
     while let Some(finished) = jobs.join_next().await {
         if let Err(e) = finished {
             error!(error = %e, "job task failed");
@@ -109,7 +116,9 @@ fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> amqp::AmqpError {
 
 /// How often the broker has delivered this message before (0 on the first delivery).
 fn delivery_count(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else { return 0 };
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
     match headers.inner().get("x-delivery-count") {
         Some(AMQPValue::LongLongInt(n)) => (*n).try_into().unwrap_or(0),
         Some(AMQPValue::LongInt(n)) => (*n).try_into().unwrap_or(0),
@@ -166,10 +175,19 @@ async fn handle_delivery(settings: &WorkerSettings, channel: &Channel, delivery:
 }
 
 fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobContext, JobError> {
-    JobContext::new(request, &settings.cluster, &settings.image_pool, &settings.glance, settings.active_timeout)
+    JobContext::new(
+        request,
+        &settings.cluster,
+        &settings.image_pool,
+        &settings.glance,
+        settings.active_timeout,
+    )
 }
 
-async fn run_job(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<pipeline::JobOutcome, JobError> {
+async fn run_job(
+    settings: &WorkerSettings,
+    request: &SnapshotRequest,
+) -> Result<pipeline::JobOutcome, JobError> {
     let ctx = context(settings, request)?;
     pipeline::run_from(&ctx, Step::SnapshotSource).await
 }
@@ -195,7 +213,13 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn nack(delivery: &Delivery, requeue: bool) {
-    if let Err(e) = delivery.nack(BasicNackOptions { requeue, multiple: false }).await {
+    if let Err(e) = delivery
+        .nack(BasicNackOptions {
+            requeue,
+            multiple: false,
+        })
+        .await
+    {
         warn!(error = %e, requeue, "nack failed; the broker will redeliver the job");
     }
 }

@@ -35,8 +35,13 @@ pub enum JobError {
     ImageGone { image_id: Uuid },
     #[error("Glance image {image_id} is '{status}' with other data; refusing to touch it")]
     ImageConflict { image_id: Uuid, status: String },
-    #[error("{image} already exists and is not a clone of {expected_parent}; refusing to touch it")]
-    ForeignImage { image: String, expected_parent: String },
+    #[error(
+        "{image} already exists and is not a clone of {expected_parent}; refusing to touch it"
+    )]
+    ForeignImage {
+        image: String,
+        expected_parent: String,
+    },
 }
 
 impl JobError {
@@ -68,7 +73,9 @@ mod tests {
         assert_eq!(eperm.disposition(), Disposition::Fallback);
         let timeout = JobError::from(RbdError::new("open", "vms/x", 110));
         assert_eq!(timeout.disposition(), Disposition::Retry);
-        let missing = JobError::SourceMissing { disk: "vms/x".into() };
+        let missing = JobError::SourceMissing {
+            disk: "vms/x".into(),
+        };
         assert_eq!(missing.disposition(), Disposition::Park);
     }
 

@@ -10,7 +10,11 @@ use snapq_common::glance::GlanceClient;
 use snapq_worker::{run_worker, WorkerSettings};
 
 #[derive(Debug, Parser)]
-#[command(name = "snapq-worker", version, about = "Turns RBD instance disks into Glance images inside Ceph")]
+#[command(
+    name = "snapq-worker",
+    version,
+    about = "Turns RBD instance disks into Glance images inside Ceph"
+)]
 struct Args {
     #[command(flatten)]
     amqp: AmqpArgs,
@@ -41,8 +45,11 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("connecting to Ceph")?;
-    let image_pool = cluster.pool(&args.ceph.glance_pool).context("opening Glance's pool")?;
-    let glance = GlanceClient::new(args.glance.config()).context("configuring the Glance client")?;
+    let image_pool = cluster
+        .pool(&args.ceph.glance_pool)
+        .context("opening Glance's pool")?;
+    let glance =
+        GlanceClient::new(args.glance.config()).context("configuring the Glance client")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let settings = WorkerSettings {
         amqp_url: args.amqp.url.clone(),

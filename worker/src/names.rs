@@ -37,7 +37,10 @@ impl ArtifactNames {
 
     /// The location Glance records: `rbd://<fsid>/<pool>/<image>/snap`.
     pub fn location(&self, fsid: &str) -> String {
-        format!("rbd://{fsid}/{}/{}/{IMAGE_SNAPSHOT}", self.image_pool, self.image)
+        format!(
+            "rbd://{fsid}/{}/{}/{IMAGE_SNAPSHOT}",
+            self.image_pool, self.image
+        )
     }
 
     pub fn source_snapshot_spec(&self) -> String {
@@ -64,7 +67,10 @@ mod tests {
             a.source_snapshot_spec(),
             "vms/6f1c2e0a-1111-4a2b-9c3d-000000000001_disk@snapq-0b5e7f3c-2222-4d5e-8f90-000000000002"
         );
-        assert_eq!(a.image_spec(), "images/0b5e7f3c-2222-4d5e-8f90-000000000002");
+        assert_eq!(
+            a.image_spec(),
+            "images/0b5e7f3c-2222-4d5e-8f90-000000000002"
+        );
         assert_eq!(
             a.location("fsid-1"),
             "rbd://fsid-1/images/0b5e7f3c-2222-4d5e-8f90-000000000002/snap"

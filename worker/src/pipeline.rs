@@ -43,8 +43,17 @@ pub async fn run_from(ctx: &JobContext, from: Step) -> Result<JobOutcome, JobErr
             .instrument(info_span!("step", step = step.name()))
             .await?;
         let took = step_started.elapsed();
-        info!(step = step.name(), ?report, seconds = took.as_secs_f64(), "step complete");
+        info!(
+            step = step.name(),
+            ?report,
+            seconds = took.as_secs_f64(),
+            "step complete"
+        );
         steps.push((step, report, took));
     }
-    Ok(JobOutcome { method: Method::Direct, elapsed: started.elapsed(), steps })
+    Ok(JobOutcome {
+        method: Method::Direct,
+        elapsed: started.elapsed(),
+        steps,
+    })
 }

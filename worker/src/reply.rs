@@ -39,11 +39,22 @@ pub async fn send(
     result: Option<serde_json::Value>,
     failure: Option<RpcFailure>,
 ) {
-    let Some(reply_to) = &request.reply else { return };
-    let reply = RpcReply { msg_id: reply_to.msg_id.clone(), result, failure };
-    if let Err(e) =
-        publish_confirmed(channel, "", &reply_to.reply_queue, &reply.encode(), oslo_properties())
-            .await
+    let Some(reply_to) = &request.reply else {
+        return;
+    };
+    let reply = RpcReply {
+        msg_id: reply_to.msg_id.clone(),
+        result,
+        failure,
+    };
+    if let Err(e) = publish_confirmed(
+        channel,
+        "",
+        &reply_to.reply_queue,
+        &reply.encode(),
+        oslo_properties(),
+    )
+    .await
     {
         warn!(reply_queue = %reply_to.reply_queue, error = %e, "could not deliver the reply");
     }

@@ -8,15 +8,20 @@ use super::error::{redact_url, AmqpError};
 /// Connects to the broker; `name` shows in the management UI's connection list.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await.map_err(|e| AmqpError::Connect {
-        address: redact_url(url),
-        detail: e.to_string(),
-    })
+    Connection::connect(url, properties)
+        .await
+        .map_err(|e| AmqpError::Connect {
+            address: redact_url(url),
+            detail: e.to_string(),
+        })
 }
 
 /// A channel with publisher confirms on: every publish through it is confirmed.
 pub async fn open_confirmed_channel(connection: &Connection) -> Result<Channel, AmqpError> {
-    let channel = connection.create_channel().await.map_err(AmqpError::broker("open channel"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(AmqpError::broker("open channel"))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

@@ -14,9 +14,15 @@ pub enum AmqpError {
         source: lapin::Error,
     },
     #[error("RabbitMQ refused to store a message published to exchange '{exchange}' with routing key '{routing_key}'")]
-    Nacked { exchange: String, routing_key: String },
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("RabbitMQ could not route a message published to exchange '{exchange}' with routing key '{routing_key}' to any queue")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl AmqpError {

@@ -29,7 +29,10 @@ pub async fn publish_confirmed(
         .basic_publish(
             exchange.into(),
             routing_key.into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             body,
             properties,
         )

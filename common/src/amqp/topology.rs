@@ -74,11 +74,23 @@ impl Topology {
     pub fn work_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
-        args.insert("x-dead-letter-exchange".into(), long_string(&self.dead_letter_exchange));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&self.dead_letter_routing_key));
-        args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_letter_exchange),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.dead_letter_routing_key),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
         args.insert("x-overflow".into(), long_string("reject-publish"));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.config.delivery_limit as i32));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(self.config.delivery_limit as i32),
+        );
         args
     }
 
@@ -96,12 +108,18 @@ fn long_string(s: &str) -> AMQPValue {
 /// Declares every exchange, queue and binding (idempotent: the broker accepts an identical
 /// redeclaration).
 pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), AmqpError> {
-    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
     let request_exchange = ExchangeDeclareOptions {
         durable: topology.config.exchange_durable,
         ..ExchangeDeclareOptions::default()
     };
-    let durable_queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
 
     channel
         .exchange_declare(
@@ -175,13 +193,26 @@ mod tests {
 
     #[test]
     fn work_queue_dead_letters_at_least_once() {
-        let t = Topology::new(TopologyConfig { delivery_limit: 7, ..TopologyConfig::default() });
+        let t = Topology::new(TopologyConfig {
+            delivery_limit: 7,
+            ..TopologyConfig::default()
+        });
         let args = t.work_queue_arguments();
         let get = |k: &str| args.inner().get(k).cloned();
-        assert_eq!(get("x-dead-letter-strategy"), Some(long_string("at-least-once")));
-        assert_eq!(get("x-overflow"), Some(long_string("reject-publish")), "at-least-once needs reject-publish");
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(long_string("at-least-once"))
+        );
+        assert_eq!(
+            get("x-overflow"),
+            Some(long_string("reject-publish")),
+            "at-least-once needs reject-publish"
+        );
         assert_eq!(get("x-queue-type"), Some(long_string("quorum")));
         assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongInt(7)));
-        assert_eq!(get("x-dead-letter-exchange"), Some(long_string("snapq.dlx")));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(long_string("snapq.dlx"))
+        );
     }
 }

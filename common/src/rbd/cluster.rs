@@ -27,18 +27,31 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("fsid", &self.fsid).field("user", &self.user).finish()
+        f.debug_struct("Cluster")
+            .field("fsid", &self.fsid)
+            .field("user", &self.user)
+            .finish()
     }
 }
 
 impl Cluster {
     /// Connects (blocking; librados may wait up to `client_mount_timeout`).
     pub fn connect(config: &CephConfig) -> Result<Cluster, RbdError> {
-        let target = format!("cluster as client.{} with {}", config.user, config.conf_path);
+        let target = format!(
+            "cluster as client.{} with {}",
+            config.user, config.conf_path
+        );
         let rados = ceph::ceph::connect_to_ceph(&config.user, &config.conf_path)
             .map_err(|e| connect_error(&target, &e))?;
-        let fsid = rados.rados_fsid().map_err(|e| connect_error(&target, &e))?.to_string();
-        Ok(Cluster { handle: Arc::new(RadosHandle(rados)), fsid, user: config.user.clone() })
+        let fsid = rados
+            .rados_fsid()
+            .map_err(|e| connect_error(&target, &e))?
+            .to_string();
+        Ok(Cluster {
+            handle: Arc::new(RadosHandle(rados)),
+            fsid,
+            user: config.user.clone(),
+        })
     }
 
     /// The cluster's fsid, as it appears in `rbd://<fsid>/...` locations.
@@ -56,7 +69,11 @@ impl Cluster {
             .0
             .get_rados_ioctx(name)
             .map_err(|e| rados_error("open pool", name, &e))?;
-        Ok(Pool { io: Arc::new(io), name: name.to_string(), _cluster: self.clone() })
+        Ok(Pool {
+            io: Arc::new(io),
+            name: name.to_string(),
+            _cluster: self.clone(),
+        })
     }
 }
 
@@ -146,7 +163,12 @@ impl Pool {
         ffi::clone(parent_pool.io(), parent, snap, &self.io, child, features).map_err(|e| {
             RbdError::new(
                 "clone",
-                format!("{}@{} -> {}", parent_pool.spec(parent), snap, self.spec(child)),
+                format!(
+                    "{}@{} -> {}",
+                    parent_pool.spec(parent),
+                    snap,
+                    self.spec(child)
+                ),
                 e,
             )
         })

@@ -75,11 +75,19 @@ pub struct RbdError {
 
 impl RbdError {
     pub fn new(op: &'static str, target: impl Into<String>, errno: i32) -> RbdError {
-        RbdError { op, target: target.into(), kind: RbdErrorKind::from_errno(errno) }
+        RbdError {
+            op,
+            target: target.into(),
+            kind: RbdErrorKind::from_errno(errno),
+        }
     }
 
     pub fn with_kind(op: &'static str, target: impl Into<String>, kind: RbdErrorKind) -> RbdError {
-        RbdError { op, target: target.into(), kind }
+        RbdError {
+            op,
+            target: target.into(),
+            kind,
+        }
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -97,7 +105,10 @@ impl RbdError {
     /// The fast path cannot work with this cluster set-up (e.g. no write access to the
     /// images pool): the job should fall back to a full copy.
     pub fn is_fallback_reason(&self) -> bool {
-        matches!(self.kind, RbdErrorKind::PermissionDenied | RbdErrorKind::ReadOnly)
+        matches!(
+            self.kind,
+            RbdErrorKind::PermissionDenied | RbdErrorKind::ReadOnly
+        )
     }
 }
 
@@ -114,13 +125,19 @@ mod tests {
         assert!(etimedout.is_transient() && !etimedout.is_fallback_reason());
         assert!(RbdError::new("open", "vms/d", libc::ENOENT).is_not_found());
         assert_eq!(RbdErrorKind::from_errno(libc::EBUSY), RbdErrorKind::Busy);
-        assert_eq!(RbdErrorKind::from_errno(libc::EEXIST), RbdErrorKind::AlreadyExists);
+        assert_eq!(
+            RbdErrorKind::from_errno(libc::EEXIST),
+            RbdErrorKind::AlreadyExists
+        );
         assert_eq!(RbdErrorKind::from_errno(9999), RbdErrorKind::Other(9999));
     }
 
     #[test]
     fn message_names_operation_and_target() {
         let e = RbdError::new("clone", "vms/disk@s -> images/i", libc::EPERM);
-        assert_eq!(e.to_string(), "clone vms/disk@s -> images/i: permission denied for this Ceph user");
+        assert_eq!(
+            e.to_string(),
+            "clone vms/disk@s -> images/i: permission denied for this Ceph user"
+        );
     }
 }

@@ -202,7 +202,8 @@ pub fn clone(
     child: &str,
     features: u64,
 ) -> Result<(), Errno> {
-    let (parent, parent_snap, child) = (c_string(parent)?, c_string(parent_snap)?, c_string(child)?);
+    let (parent, parent_snap, child) =
+        (c_string(parent)?, c_string(parent_snap)?, c_string(child)?);
     let mut order: c_int = 0;
     // SAFETY: valid ioctxs, NUL-terminated names, valid out-pointer.
     check(unsafe {
@@ -240,7 +241,9 @@ pub fn trash_list(io: &IoCtx) -> Result<Vec<TrashEntry>, Errno> {
         unsafe { entries.set_len(count) };
         let out = entries
             .iter()
-            .map(|e| TrashEntry { name: owned(e.name) })
+            .map(|e| TrashEntry {
+                name: owned(e.name),
+            })
             .collect();
         // SAFETY: releases the strings librbd allocated for these entries.
         unsafe { rbd_trash_list_cleanup(entries.as_mut_ptr(), count) };
@@ -293,7 +296,12 @@ impl Drop for RawImage {
 }
 
 impl RawImage {
-    pub fn open(io: &IoCtx, name: &str, snap: Option<&str>, read_only: bool) -> Result<Self, Errno> {
+    pub fn open(
+        io: &IoCtx,
+        name: &str,
+        snap: Option<&str>,
+        read_only: bool,
+    ) -> Result<Self, Errno> {
         let name = c_string(name)?;
         let snap = opt_c_string(snap)?;
         let mut handle: RbdImageT = ptr::null_mut();
@@ -314,7 +322,10 @@ impl RawImage {
         let mut info: RbdImageInfo = unsafe { std::mem::zeroed() };
         // SAFETY: open handle, out-pointer to a struct of the given size.
         check(unsafe { rbd_stat(self.handle, &mut info, std::mem::size_of::<RbdImageInfo>()) })?;
-        Ok(Stat { size: info.size, object_size: info.obj_size })
+        Ok(Stat {
+            size: info.size,
+            object_size: info.obj_size,
+        })
     }
 
     pub fn features(&self) -> Result<u64, Errno> {
@@ -341,7 +352,11 @@ impl RawImage {
             unsafe { snaps.set_len(count) };
             let out = snaps
                 .iter()
-                .map(|s| SnapInfo { id: s.id, size: s.size, name: owned(s.name) })
+                .map(|s| SnapInfo {
+                    id: s.id,
+                    size: s.size,
+                    name: owned(s.name),
+                })
                 .collect();
             // SAFETY: frees the names of the listed snapshots.
             unsafe { rbd_snap_list_end(snaps.as_mut_ptr()) };
@@ -447,7 +462,11 @@ impl RawImage {
             unsafe { specs.set_len(max) };
             let out = specs
                 .iter()
-                .map(|c| Child { pool: owned(c.pool_name), image: owned(c.image_name), in_trash: c.trash })
+                .map(|c| Child {
+                    pool: owned(c.pool_name),
+                    image: owned(c.image_name),
+                    in_trash: c.trash,
+                })
                 .collect();
             // SAFETY: releases the entries' strings.
             unsafe { rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), max) };
@@ -458,7 +477,14 @@ impl RawImage {
     /// Reads into `buf` at `offset`; returns the bytes read.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         // SAFETY: open handle; buf is valid for buf.len() bytes of writes.
-        let rc = unsafe { rbd_read(self.handle, offset, buf.len(), buf.as_mut_ptr() as *mut c_char) };
+        let rc = unsafe {
+            rbd_read(
+                self.handle,
+                offset,
+                buf.len(),
+                buf.as_mut_ptr() as *mut c_char,
+            )
+        };
         if rc < 0 {
             return Err(-(rc as i32));
         }
@@ -468,7 +494,14 @@ impl RawImage {
     /// Writes `buf` at `offset`; returns the bytes written.
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<usize, Errno> {
         // SAFETY: open handle; buf is valid for buf.len() bytes of reads.
-        let rc = unsafe { rbd_write(self.handle, offset, buf.len(), buf.as_ptr() as *const c_char) };
+        let rc = unsafe {
+            rbd_write(
+                self.handle,
+                offset,
+                buf.len(),
+                buf.as_ptr() as *const c_char,
+            )
+        };
         if rc < 0 {
             return Err(-(rc as i32));
         }
@@ -491,7 +524,12 @@ impl RawImage {
         whole_object: bool,
         extent: &mut dyn FnMut(u64, usize, bool),
     ) -> Result<(), Errno> {
-        extern "C" fn trampoline(offset: u64, len: usize, exists: c_int, data: *mut c_void) -> c_int {
+        extern "C" fn trampoline(
+            offset: u64,
+            len: usize,
+            exists: c_int,
+            data: *mut c_void,
+        ) -> c_int {
             // SAFETY: `data` is the `&mut &mut dyn FnMut` passed below, alive for the call.
             let extent = unsafe { &mut *(data as *mut &mut dyn FnMut(u64, usize, bool)) };
             match catch_unwind(AssertUnwindSafe(|| extent(offset, len, exists != 0))) {

@@ -68,15 +68,25 @@ impl Image {
     }
 
     pub fn size(&self) -> Result<u64, RbdError> {
-        Ok(self.raw.stat().map_err(|e| RbdError::new("stat", self.spec.clone(), e))?.size)
+        Ok(self
+            .raw
+            .stat()
+            .map_err(|e| RbdError::new("stat", self.spec.clone(), e))?
+            .size)
     }
 
     pub fn object_size(&self) -> Result<u64, RbdError> {
-        Ok(self.raw.stat().map_err(|e| RbdError::new("stat", self.spec.clone(), e))?.object_size)
+        Ok(self
+            .raw
+            .stat()
+            .map_err(|e| RbdError::new("stat", self.spec.clone(), e))?
+            .object_size)
     }
 
     pub fn features(&self) -> Result<u64, RbdError> {
-        self.raw.features().map_err(|e| RbdError::new("get features of", self.spec.clone(), e))
+        self.raw
+            .features()
+            .map_err(|e| RbdError::new("get features of", self.spec.clone(), e))
     }
 
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, RbdError> {
@@ -86,32 +96,46 @@ impl Image {
             .map_err(|e| RbdError::new("list snapshots of", self.spec.clone(), e))?;
         Ok(snaps
             .into_iter()
-            .map(|s| SnapshotInfo { id: s.id, name: s.name, size: s.size })
+            .map(|s| SnapshotInfo {
+                id: s.id,
+                name: s.name,
+                size: s.size,
+            })
             .collect())
     }
 
     pub fn snap_exists(&self, snap: &str) -> Result<bool, RbdError> {
-        self.raw.snap_exists(snap).map_err(|e| RbdError::new("look up", self.snap_target(snap), e))
+        self.raw
+            .snap_exists(snap)
+            .map_err(|e| RbdError::new("look up", self.snap_target(snap), e))
     }
 
     pub fn create_snap(&mut self, snap: &str) -> Result<(), RbdError> {
         let target = self.snap_target(snap);
-        self.raw.snap_create(snap).map_err(|e| RbdError::new("create snapshot", target, e))
+        self.raw
+            .snap_create(snap)
+            .map_err(|e| RbdError::new("create snapshot", target, e))
     }
 
     pub fn remove_snap(&mut self, snap: &str) -> Result<(), RbdError> {
         let target = self.snap_target(snap);
-        self.raw.snap_remove(snap).map_err(|e| RbdError::new("remove snapshot", target, e))
+        self.raw
+            .snap_remove(snap)
+            .map_err(|e| RbdError::new("remove snapshot", target, e))
     }
 
     pub fn protect_snap(&mut self, snap: &str) -> Result<(), RbdError> {
         let target = self.snap_target(snap);
-        self.raw.snap_protect(snap).map_err(|e| RbdError::new("protect snapshot", target, e))
+        self.raw
+            .snap_protect(snap)
+            .map_err(|e| RbdError::new("protect snapshot", target, e))
     }
 
     pub fn unprotect_snap(&mut self, snap: &str) -> Result<(), RbdError> {
         let target = self.snap_target(snap);
-        self.raw.snap_unprotect(snap).map_err(|e| RbdError::new("unprotect snapshot", target, e))
+        self.raw
+            .snap_unprotect(snap)
+            .map_err(|e| RbdError::new("unprotect snapshot", target, e))
     }
 
     pub fn is_snap_protected(&self, snap: &str) -> Result<bool, RbdError> {
@@ -124,7 +148,9 @@ impl Image {
     /// `progress(done, total)` is called as librbd advances.
     pub fn flatten(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), RbdError> {
         let target = self.spec.clone();
-        self.raw.flatten(progress).map_err(|e| RbdError::new("flatten", target, e))
+        self.raw
+            .flatten(progress)
+            .map_err(|e| RbdError::new("flatten", target, e))
     }
 
     /// The clone's parent, or None for an independent image.
@@ -149,7 +175,11 @@ impl Image {
             .map_err(|e| RbdError::new("list children of", self.spec.clone(), e))?;
         Ok(children
             .into_iter()
-            .map(|c| ChildSpec { pool: c.pool, image: c.image, in_trash: c.in_trash })
+            .map(|c| ChildSpec {
+                pool: c.pool,
+                image: c.image,
+                in_trash: c.in_trash,
+            })
             .collect())
     }
 
@@ -186,7 +216,9 @@ impl Image {
 
     pub fn flush(&mut self) -> Result<(), RbdError> {
         let target = self.spec.clone();
-        self.raw.flush().map_err(|e| RbdError::new("flush", target, e))
+        self.raw
+            .flush()
+            .map_err(|e| RbdError::new("flush", target, e))
     }
 
     /// Calls `extent(offset, len)` for every allocated extent of the image (not counting
@@ -198,11 +230,18 @@ impl Image {
     ) -> Result<(), RbdError> {
         let size = self.size()?;
         self.raw
-            .diff_iterate(None, 0, size, false, whole_object, &mut |offset, len, exists| {
-                if exists {
-                    extent(offset, len)
-                }
-            })
+            .diff_iterate(
+                None,
+                0,
+                size,
+                false,
+                whole_object,
+                &mut |offset, len, exists| {
+                    if exists {
+                        extent(offset, len)
+                    }
+                },
+            )
             .map_err(|e| RbdError::new("list extents of", self.spec.clone(), e))
     }
 

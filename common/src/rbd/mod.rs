@@ -18,21 +18,33 @@ where
     F: FnOnce() -> Result<T, RbdError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(call).await.unwrap_or_else(|join_error| {
-        Err(RbdError::with_kind(
-            "run blocking Ceph call",
-            join_error.to_string(),
-            RbdErrorKind::Interrupted,
-        ))
-    })
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or_else(|join_error| {
+            Err(RbdError::with_kind(
+                "run blocking Ceph call",
+                join_error.to_string(),
+                RbdErrorKind::Interrupted,
+            ))
+        })
 }
 
 /// Connects without blocking the runtime, giving up after `timeout` (librados's own connect
 /// timeout can be minutes).
-pub async fn connect(config: CephConfig, timeout: std::time::Duration) -> Result<Cluster, RbdError> {
-    let target = format!("cluster as client.{} with {}", config.user, config.conf_path);
+pub async fn connect(
+    config: CephConfig,
+    timeout: std::time::Duration,
+) -> Result<Cluster, RbdError> {
+    let target = format!(
+        "cluster as client.{} with {}",
+        config.user, config.conf_path
+    );
     match tokio::time::timeout(timeout, run_blocking(move || Cluster::connect(&config))).await {
         Ok(result) => result,
-        Err(_) => Err(RbdError::with_kind("connect to", target, RbdErrorKind::TimedOut)),
+        Err(_) => Err(RbdError::with_kind(
+            "connect to",
+            target,
+            RbdErrorKind::TimedOut,
+        )),
     }
 }

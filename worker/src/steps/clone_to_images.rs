@@ -7,8 +7,11 @@ use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (source_pool, image_pool, names) =
-        (ctx.source_pool.clone(), ctx.image_pool.clone(), ctx.names.clone());
+    let (source_pool, image_pool, names) = (
+        ctx.source_pool.clone(),
+        ctx.image_pool.clone(),
+        ctx.names.clone(),
+    );
     run_blocking(move || {
         match image_pool.open_read_only(&names.image, None) {
             Ok(existing) => {

@@ -27,7 +27,10 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
                 next_report_percent = percent - percent % 10 + 10;
             }
         })?;
-        info!(seconds = started.elapsed().as_secs_f64(), "flatten finished");
+        info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "flatten finished"
+        );
         Ok(StepReport::Done)
     })
     .await?;

@@ -35,18 +35,28 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let record = match ctx.glance.get_image(ctx.image_id).await {
         Ok(record) => record,
         Err(GlanceError::NotFound { .. }) => {
-            return Err(JobError::ImageGone { image_id: ctx.image_id })
+            return Err(JobError::ImageGone {
+                image_id: ctx.image_id,
+            })
         }
         Err(e) => return Err(e.into()),
     };
     match record.status.as_str() {
         // An earlier attempt finished. Without `show_image_direct_url` Glance does not say
         // where the data is; the clone named after the image is ours either way.
-        "active" if record.direct_url.as_deref().is_none_or(|url| url == location) => {
+        "active"
+            if record
+                .direct_url
+                .as_deref()
+                .is_none_or(|url| url == location) =>
+        {
             return Ok(report);
         }
         "active" => {
-            return Err(JobError::ImageConflict { image_id: ctx.image_id, status: record.status })
+            return Err(JobError::ImageConflict {
+                image_id: ctx.image_id,
+                status: record.status,
+            })
         }
         "queued" => {
             let api = ctx.glance.add_location(ctx.image_id, &location).await?;
@@ -56,11 +66,21 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         // Glance is still importing a location registered by an earlier attempt.
         "saving" | "importing" | "uploading" => {}
         "killed" | "deleted" | "pending_delete" => {
-            return Err(JobError::ImageGone { image_id: ctx.image_id })
+            return Err(JobError::ImageGone {
+                image_id: ctx.image_id,
+            })
         }
-        _ => return Err(JobError::ImageConflict { image_id: ctx.image_id, status: record.status }),
+        _ => {
+            return Err(JobError::ImageConflict {
+                image_id: ctx.image_id,
+                status: record.status,
+            })
+        }
     }
-    let active = ctx.glance.wait_active(ctx.image_id, ctx.active_timeout, POLL_INTERVAL).await?;
+    let active = ctx
+        .glance
+        .wait_active(ctx.image_id, ctx.active_timeout, POLL_INTERVAL)
+        .await?;
     info!(size = active.size, "Glance image is active");
     Ok(report)
 }

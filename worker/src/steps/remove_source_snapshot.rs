@@ -8,7 +8,7 @@ use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let (source_pool, names) = (ctx.source_pool.clone(), ctx.names.clone());
-    let report = run_blocking(move || crate::cleanup::remove_source_snapshot(&source_pool, &names))
-        .await?;
+    let report =
+        run_blocking(move || crate::cleanup::remove_source_snapshot(&source_pool, &names)).await?;
     Ok(report)
 }

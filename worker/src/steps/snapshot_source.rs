@@ -7,8 +7,11 @@ use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (source_pool, image_pool, names) =
-        (ctx.source_pool.clone(), ctx.image_pool.clone(), ctx.names.clone());
+    let (source_pool, image_pool, names) = (
+        ctx.source_pool.clone(),
+        ctx.image_pool.clone(),
+        ctx.names.clone(),
+    );
     run_blocking(move || {
         // A clone that is already independent means a previous attempt got past the flatten;
         // a new snapshot would only be removed again.
@@ -20,7 +23,9 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         let mut disk = match source_pool.open(&names.source.image) {
             Ok(disk) => disk,
             Err(e) if e.is_not_found() => {
-                return Ok(Err(JobError::SourceMissing { disk: names.source.to_string() }))
+                return Ok(Err(JobError::SourceMissing {
+                    disk: names.source.to_string(),
+                }))
             }
             Err(e) => return Err(e),
         };

@@ -1,0 +1,233 @@
+//! A snapshot request through RabbitMQ, a worker, Ceph and Glance, checked the way the demo
+//! checks it.
+
+use std::time::Duration;
+
+use snapq_common::glance::NewImage;
+use snapq_common::message::{DiskSpec, SnapshotRequest};
+use snapq_common::rbd::run_blocking;
+use snapq_producer::Producer;
+use snapq_tests::disks::{content_digest, make_disk, MIB};
+use snapq_tests::worker_harness::{glance_client, test_topology, RunningWorker};
+use snapq_tests::{cluster_as, rabbit, Services};
+use uuid::Uuid;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn instance_disk_name() -> String {
+    format!("{}_disk", Uuid::new_v4())
+}
+
+#[tokio::test]
+async fn snapshot_request_makes_an_active_flattened_sparse_image() {
+    let services = Services::from_env();
+    let cluster = cluster_as("nova").await;
+    let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+    let images = cluster.pool(&services.glance_pool).expect("glance pool");
+    let disk = instance_disk_name();
+    make_disk(&vms, &disk, 256 * MIB, 8).await;
+
+    let worker = RunningWorker::start(test_topology("e2e-direct"), "nova").await;
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("e2e-direct"))
+        .await
+        .expect("queued image");
+    let producer = Producer::connect(&services.amqp_url, worker.topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+        image.id,
+        "e2e-direct".into(),
+    );
+    let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
+    assert!(reply.failure.is_none(), "job failed: {:?}", reply.failure);
+    let result = reply.result.expect("a result");
+    assert_eq!(result["method"], "direct");
+    assert_eq!(result["status"], "active");
+
+    let record = glance.get_image(image.id).await.expect("image");
+    assert_eq!(record.status, "active");
+    assert_eq!(record.size, Some(256 * MIB));
+    let id = image.id.to_string();
+    let location = format!(
+        "rbd://{}/{}/{}/snap",
+        cluster.fsid(),
+        services.glance_pool,
+        id
+    );
+    assert_eq!(record.direct_url.as_deref(), Some(location.as_str()));
+
+    let (images2, vms2, id2, disk2) = (images.clone(), vms.clone(), id.clone(), disk.clone());
+    let (parent, snap_protected, clone_used, source_used, source_snaps) = run_blocking(move || {
+        let clone = images2.open_read_only(&id2, Some("snap"))?;
+        let head = images2.open_read_only(&id2, None)?;
+        let source = vms2.open_read_only(&disk2, None)?;
+        Ok((
+            head.parent()?,
+            head.is_snap_protected("snap")?,
+            clone.used_bytes()?,
+            source.used_bytes()?,
+            source.snapshots()?,
+        ))
+    })
+    .await
+    .expect("inspect Ceph");
+    assert_eq!(
+        parent, None,
+        "the image no longer depends on the instance disk"
+    );
+    assert!(snap_protected, "Glance's snap is protected");
+    assert_eq!(
+        clone_used, source_used,
+        "the image is as sparse as the disk"
+    );
+    assert_eq!(source_used, 8 * 4 * MIB);
+    assert!(
+        source_snaps.is_empty(),
+        "no snapshot is left on the disk: {source_snaps:?}"
+    );
+    assert_eq!(
+        content_digest(&images, &id, Some("snap")).await,
+        content_digest(&vms, &disk, None).await,
+        "the image holds the disk's data"
+    );
+    assert_eq!(rabbit::depth(&worker.topology.work_queue).await, 0);
+    assert_eq!(rabbit::depth(&worker.topology.dead_letter_queue).await, 0);
+
+    producer.close().await;
+    let topology = worker.topology.clone();
+    worker.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    let vms3 = vms.clone();
+    run_blocking(move || vms3.remove_image(&disk))
+        .await
+        .expect("remove disk");
+    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+}
+
+#[tokio::test]
+async fn malformed_request_is_dead_lettered_and_the_worker_keeps_working() {
+    let services = Services::from_env();
+    let worker = RunningWorker::start(test_topology("e2e-poison"), "nova").await;
+    let topology = worker.topology.clone();
+    let (_connection, channel) = rabbit::channel().await;
+    let poison = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"snapshot_instance\", \"args\": {\"disk\": \"vms/a@b\"}}"}"#;
+    snapq_common::amqp::publish_confirmed(
+        &channel,
+        &topology.request_exchange,
+        &topology.request_routing_key,
+        poison,
+        snapq_common::amqp::oslo_properties(),
+    )
+    .await
+    .expect("publish");
+    let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
+        .await
+        .expect("the malformed request reaches the dead-letter queue");
+    assert_eq!(
+        dead.delivery.data,
+        poison.to_vec(),
+        "the message is kept as sent"
+    );
+
+    // The worker survived and still serves requests: a request for a disk that does not
+    // exist is answered with a failure naming the disk.
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("e2e-missing"))
+        .await
+        .expect("image");
+    let missing = format!("{}_disk", Uuid::new_v4());
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), missing.clone()).expect("valid disk"),
+        image.id,
+        "e2e-missing".into(),
+    );
+    let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
+    let failure = reply.failure.expect("the job fails");
+    assert!(failure.message.contains(&missing), "{}", failure.message);
+    assert!(
+        rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
+            .await
+            .is_some()
+    );
+
+    producer.close().await;
+    worker.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+}
+
+#[tokio::test]
+async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
+    let services = Services::from_env();
+    let cluster = cluster_as("nova").await;
+    let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+    let images = cluster.pool(&services.glance_pool).expect("glance pool");
+    let disk = instance_disk_name();
+    make_disk(&vms, &disk, 64 * MIB, 2).await;
+
+    let worker = RunningWorker::start(test_topology("e2e-eperm"), "nova-ro").await;
+    let topology = worker.topology.clone();
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("e2e-eperm"))
+        .await
+        .expect("image");
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+        image.id,
+        "e2e-eperm".into(),
+    );
+    let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
+    let failure = reply
+        .failure
+        .expect("nova-ro cannot clone into the images pool");
+    assert!(
+        failure.message.contains("permission denied"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the job waits in the dead-letter queue for the full-copy fallback"
+    );
+
+    let (images2, vms2, id, disk2) = (
+        images.clone(),
+        vms.clone(),
+        image.id.to_string(),
+        disk.clone(),
+    );
+    let (clone_exists, source_snaps) = run_blocking(move || {
+        Ok((
+            images2.image_exists(&id)?,
+            vms2.open_read_only(&disk2, None)?.snapshots()?,
+        ))
+    })
+    .await
+    .expect("inspect Ceph");
+    assert!(!clone_exists, "no clone is left in the images pool");
+    assert!(
+        source_snaps.is_empty(),
+        "the source snapshot was removed: {source_snaps:?}"
+    );
+
+    producer.close().await;
+    worker.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    run_blocking(move || vms.remove_image(&disk))
+        .await
+        .expect("remove disk");
+    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+}

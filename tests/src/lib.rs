@@ -163,6 +163,10 @@ pub mod worker_harness {
                 glance: glance_client(&services.glance_url),
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
+                flatten_hold: Duration::from_secs(60),
+                lease_duration: Duration::from_secs(6),
+                max_attempts: 3,
+                shutdown_grace: Duration::from_secs(30),
                 name: format!("snapq-test-worker:{}", topology.work_queue),
             };
             let (stop, stopped) = oneshot::channel::<()>();

@@ -104,7 +104,7 @@ async fn snapshot_request_makes_an_active_flattened_sparse_image() {
     run_blocking(move || vms3.remove_image(&disk))
         .await
         .expect("remove disk");
-    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+    rabbit::delete_queues(&topology.all_queues()).await;
 }
 
 #[tokio::test]
@@ -160,7 +160,7 @@ async fn malformed_request_is_dead_lettered_and_the_worker_keeps_working() {
     producer.close().await;
     worker.stop().await;
     glance.delete_image(image.id).await.expect("delete image");
-    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+    rabbit::delete_queues(&topology.all_queues()).await;
 }
 
 #[tokio::test]
@@ -229,5 +229,5 @@ async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
     run_blocking(move || vms.remove_image(&disk))
         .await
         .expect("remove disk");
-    rabbit::delete_queues(&[&topology.work_queue, &topology.dead_letter_queue]).await;
+    rabbit::delete_queues(&topology.all_queues()).await;
 }

@@ -1,29 +1,24 @@
-//! The consumer loop: takes requests off the work queue with bounded concurrency, runs each
-//! job, and acknowledges a delivery only once its image is `active` (or the job was handed to
-//! the dead-letter queue).
+//! The consumer loop: keeps a connection to the broker (reconnecting with backoff), takes
+//! deliveries with bounded concurrency, and on shutdown stops taking new ones and gives the
+//! running steps a grace period before closing (the broker then hands any unfinished
+//! delivery to another worker; every step is idempotent, so nothing is lost).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::Channel;
-use snapq_common::amqp::{self, Topology};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use snapq_common::amqp::{self, AmqpError, Topology};
 use snapq_common::glance::GlanceClient;
-use snapq_common::message::SnapshotRequest;
 use snapq_common::rbd::{Cluster, Pool};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, info, warn};
 
-use crate::context::JobContext;
-use crate::error::{Disposition, JobError};
-use crate::steps::Step;
-use crate::{cleanup, pipeline, reply};
+use crate::delivery;
 
 /// What a worker needs, already connected where connecting is slow.
 #[derive(Clone)]
@@ -36,23 +31,76 @@ pub struct WorkerSettings {
     /// Jobs run at once by this worker (also the prefetch count).
     pub concurrency: u16,
     pub active_timeout: Duration,
-    /// Name shown in RabbitMQ's connection list.
+    /// How long one delivery waits for a flatten before checkpointing its progress.
+    pub flatten_hold: Duration,
+    /// Lifetime of a job's lease; renewed every third of it.
+    pub lease_duration: Duration,
+    /// Attempts at one step before a transient failure dead-letters the job.
+    pub max_attempts: u32,
+    /// How long running steps may take to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+    /// Name shown in RabbitMQ's connection list and in job histories.
     pub name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
-    Amqp(#[from] amqp::AmqpError),
+    Amqp(#[from] AmqpError),
     #[error("the broker closed the consumer")]
     ConsumerClosed,
 }
 
-/// Consumes until `shutdown` resolves, then stops taking new jobs and waits for the running
-/// ones to finish.
+/// Consumes until `shutdown` resolves, then drains. Broker failures are retried forever with
+/// backoff: a worker outlives broker restarts.
 pub async fn run_worker(
     settings: WorkerSettings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let settings = Arc::new(settings);
+    let mut jobs = JoinSet::new();
+    let mut backoff = reconnect_backoff();
+    loop {
+        match consume(&settings, &mut jobs, stop.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                warn!(error = %e, delay_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    drain(&settings, &mut jobs).await;
+    Ok(())
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// One connection's life: consume until stopped (Ok, after draining on this connection so
+/// running jobs can still acknowledge) or until the connection fails (Err).
+async fn consume(
+    settings: &Arc<WorkerSettings>,
+    jobs: &mut JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let connection = amqp::connect(&settings.amqp_url, &settings.name).await?;
     let channel = amqp::open_confirmed_channel(&connection).await?;
@@ -60,7 +108,10 @@ pub async fn run_worker(
     channel
         .basic_qos(settings.concurrency, BasicQosOptions::default())
         .await
-        .map_err(amqp_err("set prefetch"))?;
+        .map_err(|source| AmqpError::Broker {
+            op: "set prefetch",
+            source,
+        })?;
     let consumer_tag = format!("{}-{}", settings.name, uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
@@ -70,156 +121,61 @@ pub async fn run_worker(
             FieldTable::default(),
         )
         .await
-        .map_err(amqp_err("consume"))?;
+        .map_err(|source| AmqpError::Broker {
+            op: "consume",
+            source,
+        })?;
     info!(queue = %settings.topology.work_queue, concurrency = settings.concurrency, "worker consuming");
-
-    let settings = Arc::new(settings);
-    let mut jobs = JoinSet::new();
-    tokio::pin!(shutdown);
-    let result = loop {
+    loop {
         tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            Some(finished) = jobs.join_next(), if !jobs.is_empty() => {
-                if let Err(e) = finished {
-                    error!(error = %e, "job task failed");
-                }
-            }
+            _ = stop.wait_for(|s| *s) => break,
+            Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_join(finished),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let (settings, channel) = (settings.clone(), channel.clone());
-                    jobs.spawn(async move { handle_delivery(&settings, &channel, delivery).await });
+                    jobs.spawn(async move { delivery::handle(&settings, &channel, delivery).await });
                 }
-                Some(Err(e)) => break Err(WorkerError::Amqp(amqp::AmqpError::Broker { op: "receive", source: e })),
-                None => break Err(WorkerError::ConsumerClosed),
+                Some(Err(source)) => return Err(AmqpError::Broker { op: "receive", source }.into()),
+                None => return Err(WorkerError::ConsumerClosed),
             },
         }
-    };
-    info!(
-        running = jobs.len(),
-        "stopping: no new jobs; waiting for running jobs"
-    );
+    }
+    info!("shutdown requested: taking no new jobs");
     let _ = channel
         .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
         .await;
-    while let Some(finished) = jobs.join_next().await {
-        if let Err(e) = finished {
-            error!(error = %e, "job task failed");
-        }
-    }
+    drain(settings, jobs).await;
     let _ = connection.close(200, "worker stopping".into()).await;
-    result
+    Ok(())
 }
 
-fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> amqp::AmqpError {
-    move |source| amqp::AmqpError::Broker { op, source }
-}
-
-/// How often the broker has delivered this message before (0 on the first delivery).
-fn delivery_count(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get("x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => (*n).try_into().unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => (*n).try_into().unwrap_or(0),
-        Some(AMQPValue::ShortInt(n)) => (*n).try_into().unwrap_or(0),
-        _ => 0,
+/// Waits for running jobs, at most the shutdown grace period.
+async fn drain(settings: &WorkerSettings, jobs: &mut JoinSet<()>) {
+    if jobs.is_empty() {
+        return;
     }
-}
-
-async fn handle_delivery(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let request = match SnapshotRequest::decode(&delivery.data) {
-        Ok(request) => request,
-        Err(e) => {
-            // Nothing can make this message valid: dead-letter it at once, untouched.
-            error!(error = %e, field = e.field(), "rejecting malformed request");
-            nack(&delivery, false).await;
-            return;
+    info!(
+        running = jobs.len(),
+        grace_s = settings.shutdown_grace.as_secs(),
+        "waiting for running steps"
+    );
+    let waited = tokio::time::timeout(settings.shutdown_grace, async {
+        while let Some(finished) = jobs.join_next().await {
+            log_join(finished);
         }
-    };
-    let span = info_span!("job", job_id = %request.unique_id, image_id = %request.image_id, disk = %request.disk);
-    async {
-        let attempt = delivery_count(&delivery) + 1;
-        info!(attempt, "job started");
-        match run_job(settings, &request).await {
-            Ok(outcome) => {
-                info!(seconds = outcome.elapsed.as_secs_f64(), method = outcome.method.name(), "job done: image is active");
-                reply::send(channel, &request, Some(reply::success_result(&request, &outcome)), None).await;
-                ack(&delivery).await;
-            }
-            Err(e) => {
-                let disposition = e.disposition();
-                match disposition {
-                    Disposition::Retry if attempt < settings.topology.config.delivery_limit => {
-                        let delay = retry_delay(attempt);
-                        warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "transient failure; will retry");
-                        tokio::time::sleep(delay).await;
-                        nack(&delivery, true).await;
-                    }
-                    _ => {
-                        error!(error = %e, ?disposition, "job failed; cleaning up and dead-lettering it");
-                        if let Ok(ctx) = context(settings, &request) {
-                            if let Err(cleanup_error) = cleanup::remove_partial_state(&ctx).await {
-                                error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
-                            }
-                        }
-                        reply::send(channel, &request, None, Some(reply::failure(&e))).await;
-                        nack(&delivery, false).await;
-                    }
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobContext, JobError> {
-    JobContext::new(
-        request,
-        &settings.cluster,
-        &settings.image_pool,
-        &settings.glance,
-        settings.active_timeout,
-    )
-}
-
-async fn run_job(
-    settings: &WorkerSettings,
-    request: &SnapshotRequest,
-) -> Result<pipeline::JobOutcome, JobError> {
-    let ctx = context(settings, request)?;
-    pipeline::run_from(&ctx, Step::SnapshotSource).await
-}
-
-/// Exponential backoff with jitter for transient failures.
-fn retry_delay(attempt: u32) -> Duration {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(attempt.saturating_sub(1) as usize)
-        .unwrap_or(Duration::from_secs(30))
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        // The broker will redeliver; the job's steps are idempotent.
-        warn!(error = %e, "ack failed; the job will be redelivered");
+    })
+    .await;
+    if waited.is_err() {
+        warn!(
+            running = jobs.len(),
+            "grace period over; unfinished deliveries go back to the queue"
+        );
+        jobs.abort_all();
     }
 }
 
-async fn nack(delivery: &Delivery, requeue: bool) {
-    if let Err(e) = delivery
-        .nack(BasicNackOptions {
-            requeue,
-            multiple: false,
-        })
-        .await
-    {
-        warn!(error = %e, requeue, "nack failed; the broker will redeliver the job");
+fn log_join(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = finished {
+        error!(error = %e, "job task failed");
     }
 }

@@ -18,6 +18,7 @@ pub struct JobContext {
     pub image_id: Uuid,
     pub names: ArtifactNames,
     pub fsid: String,
+    pub cluster: Cluster,
     /// The pool holding the instance disk.
     pub source_pool: Pool,
     /// Glance's pool, where the image is made.
@@ -25,6 +26,8 @@ pub struct JobContext {
     pub glance: GlanceClient,
     /// How long Glance may take to turn a registered location into an `active` image.
     pub active_timeout: Duration,
+    /// How long one delivery may wait for a flatten before checkpointing its progress.
+    pub flatten_hold: Duration,
 }
 
 impl JobContext {
@@ -34,6 +37,7 @@ impl JobContext {
         image_pool: &Pool,
         glance: &GlanceClient,
         active_timeout: Duration,
+        flatten_hold: Duration,
     ) -> Result<JobContext, crate::JobError> {
         let source_pool = cluster.pool(&request.disk.pool)?;
         Ok(JobContext {
@@ -41,10 +45,12 @@ impl JobContext {
             image_id: request.image_id,
             names: ArtifactNames::for_request(request, image_pool.name()),
             fsid: cluster.fsid().to_string(),
+            cluster: cluster.clone(),
             source_pool,
             image_pool: image_pool.clone(),
             glance: glance.clone(),
             active_timeout,
+            flatten_hold,
         })
     }
 }

@@ -35,6 +35,10 @@ pub enum JobError {
     ImageGone { image_id: Uuid },
     #[error("Glance image {image_id} is '{status}' with other data; refusing to touch it")]
     ImageConflict { image_id: Uuid, status: String },
+    #[error("flatten still running ({percent}% done)")]
+    FlattenInProgress { percent: u8 },
+    #[error("the job's lease was lost to another worker")]
+    LeaseLost,
     #[error(
         "{image} already exists and is not a clone of {expected_parent}; refusing to touch it"
     )]
@@ -51,7 +55,9 @@ impl JobError {
             JobError::Ceph(e) if e.is_fallback_reason() => Disposition::Fallback,
             JobError::Glance(e) if e.refuses_location() => Disposition::Fallback,
             JobError::Glance(e) if e.is_transient() => Disposition::Retry,
-            JobError::Amqp(_) => Disposition::Retry,
+            JobError::Amqp(_) | JobError::FlattenInProgress { .. } | JobError::LeaseLost => {
+                Disposition::Retry
+            }
             JobError::Ceph(_)
             | JobError::Glance(_)
             | JobError::Invalid(_)

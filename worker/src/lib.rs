@@ -1,19 +1,21 @@
 //! The snapq worker: consumes snapshot requests and turns an RBD instance disk into an active
 //! Glance image without the data leaving Ceph.
 //!
-//! `consumer` takes deliveries off the work queue; `pipeline` runs the `steps` in order, each
-//! of which *ensures* its outcome (checks Ceph/Glance first, acts only if needed), so a job
-//! can be run again from any point; `cleanup` removes what a failed job left behind.
+//! `consumer` keeps a connection to the broker and takes deliveries; `delivery` runs one step
+//! of a job per delivery under the job's `lease` and checkpoints the job in its message
+//! headers; the `steps` each *ensure* their outcome, so a job can be resumed from any point;
+//! `cleanup` removes what a failed job left behind.
 
 pub mod cleanup;
 pub mod consumer;
 pub mod context;
+pub mod delivery;
 pub mod error;
+pub mod failpoint;
+pub mod lease;
 pub mod names;
-pub mod pipeline;
 pub mod reply;
 pub mod steps;
 
 pub use consumer::{run_worker, WorkerSettings};
 pub use error::{Disposition, JobError};
-pub use pipeline::JobOutcome;

@@ -28,6 +28,19 @@ struct Args {
     /// Seconds Glance may take to make a registered image active.
     #[arg(long, env = "SNAPQ_ACTIVE_TIMEOUT", default_value_t = 120)]
     active_timeout: u64,
+    /// Seconds one delivery waits for a flatten before checkpointing its progress (keep well
+    /// under RabbitMQ's consumer_timeout, 30 min by default).
+    #[arg(long, env = "SNAPQ_FLATTEN_HOLD", default_value_t = 300)]
+    flatten_hold: u64,
+    /// Seconds a job's lease lasts without renewal (it is renewed every third of that).
+    #[arg(long, env = "SNAPQ_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    lease_seconds: u64,
+    /// Attempts at one step before a transient failure dead-letters the job.
+    #[arg(long, env = "SNAPQ_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: u32,
+    /// Seconds running steps may take to finish after SIGTERM.
+    #[arg(long, env = "SNAPQ_SHUTDOWN_GRACE", default_value_t = 60)]
+    shutdown_grace: u64,
 }
 
 #[tokio::main]
@@ -59,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
         glance,
         concurrency: args.concurrency,
         active_timeout: Duration::from_secs(args.active_timeout),
+        flatten_hold: Duration::from_secs(args.flatten_hold),
+        lease_duration: Duration::from_secs(args.lease_seconds),
+        max_attempts: args.max_attempts,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
         name: format!("snapq-worker:{host}:{}", std::process::id()),
     };
     run_worker(settings, shutdown_signal()).await?;

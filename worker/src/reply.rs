@@ -2,24 +2,27 @@
 
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed};
+use snapq_common::job::JobState;
 use snapq_common::message::{RpcFailure, RpcReply, SnapshotRequest};
 use tracing::warn;
 
 use crate::error::JobError;
-use crate::pipeline::JobOutcome;
+
+/// How the image was made.
+pub const METHOD_DIRECT: &str = "direct";
 
 /// The result a successful job returns to its caller.
-pub fn success_result(request: &SnapshotRequest, outcome: &JobOutcome) -> serde_json::Value {
+pub fn success_result(
+    request: &SnapshotRequest,
+    seconds: f64,
+    state: &JobState,
+) -> serde_json::Value {
     serde_json::json!({
         "image_id": request.image_id.to_string(),
         "status": "active",
-        "method": outcome.method.name(),
-        "seconds": outcome.elapsed.as_secs_f64(),
-        "steps": outcome.steps.iter().map(|(step, report, took)| serde_json::json!({
-            "step": step.name(),
-            "did": format!("{report:?}"),
-            "seconds": took.as_secs_f64(),
-        })).collect::<Vec<_>>(),
+        "method": METHOD_DIRECT,
+        "seconds": seconds,
+        "history": state.history,
     })
 }
 

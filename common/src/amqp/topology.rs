@@ -8,7 +8,14 @@
 //!                 │ rejected / delivery limit reached / expired
 //!                 ▼
 //!              exchange `snapq.dlx` (direct) ──► queue `snapq.dead` (quorum)
+//!
+//! retry tiers: queue `snapq.retry.<n>s` (quorum, queue-level TTL) ──expired──► `openstack`/`snapq`
 //! ```
+//!
+//! Retries wait in one queue per delay tier: per-message TTLs would block each other at the
+//! head of a single queue.
+
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -42,6 +49,22 @@ impl Default for TopologyConfig {
     }
 }
 
+/// Delays of the retry tiers.
+pub const RETRY_TIERS: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+];
+
+/// A delay queue: messages wait `delay`, then return to the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryQueue {
+    pub delay: Duration,
+    pub name: String,
+}
+
 /// The declared names, derived from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -52,6 +75,7 @@ pub struct Topology {
     pub dead_letter_exchange: String,
     pub dead_letter_routing_key: String,
     pub dead_letter_queue: String,
+    pub retry_queues: Vec<RetryQueue>,
 }
 
 impl Topology {
@@ -64,6 +88,13 @@ impl Topology {
             dead_letter_exchange: format!("{topic}.dlx"),
             dead_letter_routing_key: format!("{topic}.dead"),
             dead_letter_queue: format!("{topic}.dead"),
+            retry_queues: RETRY_TIERS
+                .iter()
+                .map(|delay| RetryQueue {
+                    delay: *delay,
+                    name: format!("{topic}.retry.{}ms", delay.as_millis()),
+                })
+                .collect(),
             config,
         }
     }
@@ -91,6 +122,47 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongInt(self.config.delivery_limit as i32),
         );
+        args
+    }
+
+    /// The shortest tier that waits at least `delay` (the longest if none does).
+    pub fn retry_queue_for(&self, delay: Duration) -> &RetryQueue {
+        self.retry_queues
+            .iter()
+            .find(|q| q.delay >= delay)
+            .or(self.retry_queues.last())
+            .expect("there is at least one retry tier")
+    }
+
+    /// Every queue snapq declares (for tests and tooling).
+    pub fn all_queues(&self) -> Vec<&str> {
+        let mut queues = vec![self.work_queue.as_str(), self.dead_letter_queue.as_str()];
+        queues.extend(self.retry_queues.iter().map(|q| q.name.as_str()));
+        queues
+    }
+
+    /// A retry tier: quorum, queue-level TTL, dead-lettered (at least once) back to the
+    /// request exchange with the work queue's routing key.
+    pub fn retry_queue_arguments(&self, queue: &RetryQueue) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(queue.delay.as_millis() as i64),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.request_exchange),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.request_routing_key),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
         args
     }
 
@@ -175,6 +247,16 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
         )
         .await
         .map_err(AmqpError::broker("bind work queue"))?;
+    for retry in &topology.retry_queues {
+        channel
+            .queue_declare(
+                retry.name.as_str().into(),
+                durable_queue,
+                topology.retry_queue_arguments(retry),
+            )
+            .await
+            .map_err(AmqpError::broker("declare retry queue"))?;
+    }
     Ok(())
 }
 
@@ -189,6 +271,33 @@ mod tests {
         assert_eq!(t.work_queue, "snapq");
         assert_eq!(t.dead_letter_exchange, "snapq.dlx");
         assert_eq!(t.dead_letter_queue, "snapq.dead");
+    }
+
+    #[test]
+    fn retry_tiers_pick_the_shortest_sufficient_delay() {
+        let t = Topology::new(TopologyConfig::default());
+        assert_eq!(
+            t.retry_queue_for(Duration::from_millis(1)).delay,
+            RETRY_TIERS[0]
+        );
+        assert_eq!(
+            t.retry_queue_for(Duration::from_secs(3)).delay,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            t.retry_queue_for(Duration::from_secs(9999)).delay,
+            Duration::from_secs(120)
+        );
+        let args = t.retry_queue_arguments(&t.retry_queues[1]);
+        assert_eq!(
+            args.inner().get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(2000))
+        );
+        assert_eq!(
+            args.inner().get("x-dead-letter-routing-key"),
+            Some(&long_string("snapq"))
+        );
+        assert_eq!(t.all_queues().len(), 2 + RETRY_TIERS.len());
     }
 
     #[test]

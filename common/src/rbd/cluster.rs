@@ -63,6 +63,21 @@ impl Cluster {
         &self.user
     }
 
+    /// Sends a JSON command to the active ceph-mgr and returns its JSON output.
+    pub fn mgr_command(&self, command: &serde_json::Value) -> Result<String, RbdError> {
+        let prefix = command["prefix"].as_str().unwrap_or("command").to_string();
+        ffi::mgr_command(&self.handle, &command.to_string())
+            .map(|(out, _)| out)
+            .map_err(|(errno, status)| {
+                let target = if status.is_empty() {
+                    prefix
+                } else {
+                    format!("{prefix} ({status})")
+                };
+                RbdError::new("ceph-mgr", target, errno)
+            })
+    }
+
     pub fn pool(&self, name: &str) -> Result<Pool, RbdError> {
         let io = self
             .handle
@@ -172,6 +187,58 @@ impl Pool {
                 e,
             )
         })
+    }
+
+    /// Takes or renews the exclusive RADOS lock `lock` on `object` for `duration`, as the
+    /// holder `cookie`. With `must_renew`, fails with NotFound unless this holder still has it
+    /// (the lease was lost); otherwise fails with Busy/AlreadyExists while another holder has it.
+    pub fn lock_exclusive(
+        &self,
+        object: &str,
+        lock: &str,
+        cookie: &str,
+        duration: std::time::Duration,
+        must_renew: bool,
+    ) -> Result<(), RbdError> {
+        // librados.h: LIBRADOS_LOCK_FLAG_MAY_RENEW = 1, LIBRADOS_LOCK_FLAG_MUST_RENEW = 2.
+        let flags = if must_renew { 2 } else { 1 };
+        let mut tv = libc::timeval {
+            tv_sec: duration.as_secs() as libc::time_t,
+            tv_usec: duration.subsec_micros() as libc::suseconds_t,
+        };
+        self.io
+            .rados_object_lock_exclusive(object, lock, cookie, "snapq job lease", &mut tv, flags)
+            .map_err(|e| rados_error("lock", &self.spec(object), &e))
+    }
+
+    /// Releases the lock if `cookie` holds it; "not held" is success.
+    pub fn unlock(&self, object: &str, lock: &str, cookie: &str) -> Result<(), RbdError> {
+        match self.io.rados_object_unlock(object, lock, cookie) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = rados_error("unlock", &self.spec(object), &e);
+                if err.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Removes a RADOS object; "already gone" is success.
+    pub fn remove_object(&self, object: &str) -> Result<(), RbdError> {
+        match self.io.rados_object_remove(object) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = rados_error("remove object", &self.spec(object), &e);
+                if err.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
     }
 
     /// Names of the images in this pool's RBD trash.

@@ -131,6 +131,22 @@ extern "C" {
     fn rbd_trash_list_cleanup(entries: *mut RbdTrashImageInfo, num: usize);
 }
 
+#[link(name = "rados")]
+extern "C" {
+    fn rados_mgr_command(
+        cluster: ceph::rados::rados_t,
+        cmd: *mut *const c_char,
+        cmdlen: usize,
+        inbuf: *const c_char,
+        inbuflen: usize,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut usize,
+        outs: *mut *mut c_char,
+        outslen: *mut usize,
+    ) -> c_int;
+    fn rados_buffer_free(buf: *mut c_char);
+}
+
 /// A negative errno as librbd/librados return it, made positive.
 pub type Errno = i32;
 
@@ -172,6 +188,51 @@ pub struct RadosHandle(pub Rados);
 // SAFETY: librados cluster handles are thread-safe (librados.h: "rados_t ... thread-safe");
 // the `ceph` crate marks `Rados` Sync but not Send only because it holds a raw pointer.
 unsafe impl Send for RadosHandle {}
+
+/// Copies and frees a buffer librados allocated.
+fn take_buffer(buf: *mut c_char, len: usize) -> String {
+    if buf.is_null() {
+        return String::new();
+    }
+    // SAFETY: librados returned `len` valid bytes at `buf`, freed right after copying.
+    let text = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
+    let text = String::from_utf8_lossy(text).into_owned();
+    // SAFETY: `buf` came from librados and is freed once.
+    unsafe { rados_buffer_free(buf) };
+    text
+}
+
+/// Sends a JSON command to the active ceph-mgr; returns (output, status text).
+pub fn mgr_command(
+    cluster: &RadosHandle,
+    command: &str,
+) -> Result<(String, String), (Errno, String)> {
+    let command = c_string(command).map_err(|e| (e, String::new()))?;
+    let mut cmds = [command.as_ptr()];
+    let (mut outbuf, mut outbuflen, mut outs, mut outslen) =
+        (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
+    // SAFETY: connected cluster handle; one NUL-terminated command; empty input; out-pointers
+    // valid; the returned buffers are freed by take_buffer.
+    let rc = unsafe {
+        rados_mgr_command(
+            *cluster.0.inner(),
+            cmds.as_mut_ptr(),
+            1,
+            ptr::null(),
+            0,
+            &mut outbuf,
+            &mut outbuflen,
+            &mut outs,
+            &mut outslen,
+        )
+    };
+    let (out, status) = (take_buffer(outbuf, outbuflen), take_buffer(outs, outslen));
+    if rc < 0 {
+        Err((-rc, status))
+    } else {
+        Ok((out, status))
+    }
+}
 
 /// librbd's version triple.
 pub fn version() -> (i32, i32, i32) {

@@ -1,15 +1,116 @@
 //! Step 3: flatten the clone so it no longer depends on the instance disk.
+//!
+//! The flatten runs as a Ceph manager task (`rbd task add flatten`), as ceph-csi does: Ceph
+//! carries on if the worker dies, and the worker only polls, so a long flatten neither
+//! occupies a thread nor holds a delivery for long. The step polls for at most the job's
+//! *flatten hold*; if the flatten is not done by then it returns `FlattenInProgress`, the job
+//! is checkpointed with its progress and comes back through a retry tier to poll again. A
+//! cluster whose manager cannot run the task gets an in-process flatten instead.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use snapq_common::rbd::run_blocking;
-use tracing::{info, Span};
+use serde_json::json;
+use snapq_common::rbd::{run_blocking, RbdErrorKind};
+use tracing::{info, warn, Span};
 
 use super::StepReport;
 use crate::context::JobContext;
 use crate::error::JobError;
 
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    if !has_parent(ctx).await? {
+        return Ok(StepReport::AlreadyDone);
+    }
+    let spec = ctx.names.image_spec();
+    let cluster = ctx.cluster.clone();
+    let add = json!({"prefix": "rbd task add flatten", "image_spec": spec, "format": "json"});
+    let task_id = match run_blocking(move || cluster.mgr_command(&add)).await {
+        Ok(out) => task_id(&out),
+        Err(e) if matches!(e.kind, RbdErrorKind::PermissionDenied) => return Err(e.into()),
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "the Ceph manager cannot flatten; flattening in the worker");
+            return flatten_in_process(ctx).await;
+        }
+    };
+    info!(
+        task_id = task_id.as_deref().unwrap_or("?"),
+        "flatten task running in the Ceph manager"
+    );
+    let started = Instant::now();
+    let mut last_progress_check = Instant::now();
+    let mut reported = 0u8;
+    loop {
+        if !has_parent(ctx).await? {
+            info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "flatten finished"
+            );
+            return Ok(StepReport::Done);
+        }
+        if last_progress_check.elapsed() >= PROGRESS_INTERVAL {
+            last_progress_check = Instant::now();
+            match task_progress(ctx, task_id.as_deref()).await {
+                Some(percent) if percent >= reported.saturating_add(10) => {
+                    reported = percent - percent % 10;
+                    info!(percent, "flatten progress");
+                }
+                Some(_) => {}
+                None => {
+                    // The manager dropped the task (it failed or was cancelled) while the
+                    // image still has a parent.
+                    if has_parent(ctx).await? {
+                        warn!("the Ceph manager's flatten task is gone; flattening in the worker");
+                        return flatten_in_process(ctx).await;
+                    }
+                }
+            }
+        }
+        if started.elapsed() >= ctx.flatten_hold {
+            let percent = task_progress(ctx, task_id.as_deref()).await.unwrap_or(0);
+            return Err(JobError::FlattenInProgress { percent });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn has_parent(ctx: &JobContext) -> Result<bool, JobError> {
+    let (pool, name) = (ctx.image_pool.clone(), ctx.names.image.clone());
+    Ok(
+        run_blocking(move || pool.open_read_only(&name, None)?.parent())
+            .await?
+            .is_some(),
+    )
+}
+
+fn task_id(output: &str) -> Option<String> {
+    let task: serde_json::Value = serde_json::from_str(output).ok()?;
+    task["id"].as_str().map(str::to_string)
+}
+
+/// Percent done of the manager's task, or None if the manager no longer has it.
+async fn task_progress(ctx: &JobContext, task_id: Option<&str>) -> Option<u8> {
+    let task_id = task_id?.to_string();
+    let cluster = ctx.cluster.clone();
+    let list = json!({"prefix": "rbd task list", "task_id": task_id, "format": "json"});
+    let out = run_blocking(move || cluster.mgr_command(&list))
+        .await
+        .ok()?;
+    let task: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let task = if task.is_array() {
+        task.get(0)?.clone()
+    } else {
+        task
+    };
+    let progress = task["progress"].as_f64().unwrap_or(0.0);
+    Some((progress * 100.0).clamp(0.0, 100.0) as u8)
+}
+
+/// librbd's own flatten, in a blocking thread, for clusters without manager tasks.
+async fn flatten_in_process(ctx: &JobContext) -> Result<StepReport, JobError> {
     let (image_pool, names) = (ctx.image_pool.clone(), ctx.names.clone());
     let span = Span::current();
     let report = run_blocking(move || {
@@ -29,7 +130,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         })?;
         info!(
             seconds = started.elapsed().as_secs_f64(),
-            "flatten finished"
+            "flatten finished in the worker"
         );
         Ok(StepReport::Done)
     })

@@ -1,0 +1,397 @@
+//! One delivery of a job: run the next step, then checkpoint, retry or dead-letter.
+//!
+//! A delivery runs exactly one step under the job's lease. When the step is done the job is
+//! re-published with its new state in the headers (confirmed by the broker), and only then
+//! is the delivery acknowledged; the next step runs from that new message, on whichever
+//! worker takes it. A crash anywhere leaves either the old message (the step re-runs and
+//! finds its outcome already there) or the new one (the job carries on).
+
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError};
+use snapq_common::job::{now_ms, HistoryEntry, JobState, Step};
+use snapq_common::message::SnapshotRequest;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::consumer::WorkerSettings;
+use crate::context::JobContext;
+use crate::error::{Disposition, JobError};
+use crate::lease::{JobLease, LeaseError};
+use crate::{cleanup, failpoint, reply, steps};
+
+/// Why a job left the work queue for the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    Malformed,
+    Fallback,
+    Park,
+    RetriesExhausted,
+}
+
+impl DeadLetterReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadLetterReason::Malformed => "malformed",
+            DeadLetterReason::Fallback => "fallback",
+            DeadLetterReason::Park => "park",
+            DeadLetterReason::RetriesExhausted => "retries-exhausted",
+        }
+    }
+}
+
+pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
+    let request = match SnapshotRequest::decode(&delivery.data) {
+        Ok(request) => request,
+        Err(e) => {
+            // Nothing can make this message valid: dead-letter it untouched, never touch Ceph.
+            error!(error = %e, field = e.field(), "dead-lettering a malformed request");
+            let state = JobState {
+                last_error: Some(e.to_string()),
+                ..JobState::fresh()
+            };
+            dead_letter(
+                settings,
+                channel,
+                &delivery,
+                state,
+                DeadLetterReason::Malformed,
+            )
+            .await;
+            return;
+        }
+    };
+    let mut state = match JobState::from_headers(delivery.properties.headers().as_ref()) {
+        Ok(state) => state,
+        Err(e) => {
+            error!(error = %e, "dead-lettering a request with malformed job headers");
+            let state = JobState {
+                last_error: Some(e.to_string()),
+                ..JobState::fresh()
+            };
+            dead_letter(
+                settings,
+                channel,
+                &delivery,
+                state,
+                DeadLetterReason::Malformed,
+            )
+            .await;
+            return;
+        }
+    };
+    let job_id = state
+        .job_id
+        .get_or_insert_with(|| request.unique_id.clone())
+        .clone();
+    state.started_ms.get_or_insert_with(now_ms);
+    let Some(step) = state.next_step() else {
+        // Every step is done: a leftover duplicate of a finished job.
+        info!(%job_id, "job already finished; dropping the duplicate");
+        ack(&delivery).await;
+        return;
+    };
+    let span = info_span!("job", %job_id, image_id = %request.image_id, step = step.name(), attempt = state.attempt);
+    run_step(settings, channel, &delivery, &request, state, step)
+        .instrument(span)
+        .await
+}
+
+async fn run_step(
+    settings: &WorkerSettings,
+    channel: &Channel,
+    delivery: &Delivery,
+    request: &SnapshotRequest,
+    mut state: JobState,
+    step: Step,
+) {
+    let lease = match JobLease::acquire(
+        &settings.image_pool,
+        request.image_id,
+        &settings.name,
+        settings.lease_duration,
+    )
+    .await
+    {
+        Ok(lease) => lease,
+        Err(LeaseError::Held) => {
+            // Another worker runs this job right now (a duplicate delivery): come back later,
+            // without spending the step's attempt budget.
+            info!("another worker holds the job's lease; requeueing for later");
+            requeue_after(
+                settings,
+                channel,
+                delivery,
+                &state,
+                Duration::from_millis(500),
+            )
+            .await;
+            return;
+        }
+        Err(LeaseError::Ceph(e)) => {
+            warn!(error = %e, "cannot take the job's lease; retrying later");
+            retry_or_dead_letter(
+                settings,
+                channel,
+                delivery,
+                request,
+                state,
+                step,
+                JobError::Ceph(e),
+            )
+            .await;
+            return;
+        }
+    };
+    if step == Step::SnapshotSource && state.step_done.is_none() && state.history.is_empty() {
+        info!(disk = %request.disk, "job started");
+    } else {
+        info!(
+            resume_after = state.step_done.map(|s| s.name()).unwrap_or("nothing"),
+            "resuming job"
+        );
+    }
+    failpoint::hit(&format!("before:{}", step.name()));
+    let started = Instant::now();
+    let result = match context(settings, request) {
+        Ok(ctx) => tokio::select! {
+            result = steps::ensure(step, &ctx) => result,
+            _ = lease.lost() => Err(JobError::LeaseLost),
+        },
+        Err(e) => Err(e),
+    };
+    let took = started.elapsed();
+    match result {
+        Ok(report) => {
+            info!(
+                did = report.name(),
+                seconds = took.as_secs_f64(),
+                "step complete"
+            );
+            failpoint::hit(&format!("after:{}", step.name()));
+            state.record(history(settings, step, took, report.name()));
+            if step == Step::SnapshotSource {
+                let ctx_names =
+                    crate::names::ArtifactNames::for_request(request, settings.image_pool.name());
+                state.fsid = Some(settings.cluster.fsid().to_string());
+                state.source_snapshot = Some(ctx_names.source_snapshot_spec());
+                state.image = Some(ctx_names.image_spec());
+            }
+            // The step is done and idempotent: the lease can go before the checkpoint, so the
+            // next step (maybe on another worker) does not wait for it.
+            lease.release(step.next().is_none()).await;
+            match step.next() {
+                Some(_) => {
+                    let next = state.advanced(step);
+                    if let Err(e) = publish_state(
+                        channel,
+                        &settings.topology.request_exchange,
+                        &settings.topology.request_routing_key,
+                        delivery,
+                        &next,
+                    )
+                    .await
+                    {
+                        // Not acknowledged: the broker redelivers the old message and the step,
+                        // already done, is skipped.
+                        warn!(error = %e, "could not publish the checkpoint; the step will be re-checked");
+                        nack(delivery, true).await;
+                    } else {
+                        failpoint::hit(&format!("published:{}", step.name()));
+                        ack(delivery).await;
+                    }
+                }
+                None => {
+                    let seconds = state
+                        .started_ms
+                        .map(|s| now_ms().saturating_sub(s) as f64 / 1000.0)
+                        .unwrap_or(took.as_secs_f64());
+                    info!(seconds, "job done: image is active");
+                    reply::send(
+                        channel,
+                        request,
+                        Some(reply::success_result(request, seconds, &state)),
+                        None,
+                    )
+                    .await;
+                    ack(delivery).await;
+                }
+            }
+        }
+        Err(JobError::FlattenInProgress { percent }) => {
+            info!(percent, "flatten still running; checkpointing its progress");
+            state.flatten_progress = Some(percent);
+            requeue_after(
+                settings,
+                channel,
+                delivery,
+                &state,
+                Duration::from_millis(500),
+            )
+            .await;
+            lease.release(false).await;
+        }
+        Err(e) => {
+            state.record(history(settings, step, took, "failed"));
+            lease.release(false).await;
+            retry_or_dead_letter(settings, channel, delivery, request, state, step, e).await;
+        }
+    }
+}
+
+fn history(settings: &WorkerSettings, step: Step, took: Duration, did: &str) -> HistoryEntry {
+    HistoryEntry {
+        step: step.name().to_string(),
+        worker: settings.name.clone(),
+        at_ms: now_ms(),
+        seconds: took.as_secs_f64(),
+        did: did.to_string(),
+    }
+}
+
+fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobContext, JobError> {
+    JobContext::new(
+        request,
+        &settings.cluster,
+        &settings.image_pool,
+        &settings.glance,
+        settings.active_timeout,
+        settings.flatten_hold,
+    )
+}
+
+async fn retry_or_dead_letter(
+    settings: &WorkerSettings,
+    channel: &Channel,
+    delivery: &Delivery,
+    request: &SnapshotRequest,
+    mut state: JobState,
+    step: Step,
+    error: JobError,
+) {
+    state.last_error = Some(error.to_string());
+    let disposition = error.disposition();
+    if disposition == Disposition::Retry && state.attempt < settings.max_attempts {
+        let delay = retry_delay(state.attempt);
+        warn!(error = %error, attempt = state.attempt, delay_ms = delay.as_millis() as u64, "transient failure; will retry");
+        state.attempt += 1;
+        requeue_after(settings, channel, delivery, &state, delay).await;
+        return;
+    }
+    let reason = match disposition {
+        Disposition::Retry => DeadLetterReason::RetriesExhausted,
+        Disposition::Fallback => DeadLetterReason::Fallback,
+        Disposition::Park => DeadLetterReason::Park,
+    };
+    error!(error = %error, step = step.name(), reason = reason.name(), "job failed; cleaning up and dead-lettering it");
+    if let Ok(ctx) = context(settings, request) {
+        if let Err(cleanup_error) = cleanup::remove_partial_state(&ctx).await {
+            error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
+        }
+    }
+    reply::send(channel, request, None, Some(reply::failure(&error))).await;
+    dead_letter(settings, channel, delivery, state, reason).await;
+}
+
+/// Exponential backoff with full jitter for transient failures.
+fn retry_delay(attempt: u32) -> Duration {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(120))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(120))
+}
+
+/// Publishes the job (same body, `state` in its headers) to the retry tier that waits at
+/// least `delay`, then acknowledges this delivery.
+async fn requeue_after(
+    settings: &WorkerSettings,
+    channel: &Channel,
+    delivery: &Delivery,
+    state: &JobState,
+    delay: Duration,
+) {
+    let tier = settings.topology.retry_queue_for(delay);
+    match publish_state(channel, "", &tier.name, delivery, state).await {
+        Ok(()) => ack(delivery).await,
+        Err(e) => {
+            warn!(error = %e, "could not publish to the retry queue; requeueing directly");
+            nack(delivery, true).await;
+        }
+    }
+}
+
+/// Publishes the job to the dead-letter exchange with its reason, then acknowledges it.
+async fn dead_letter(
+    settings: &WorkerSettings,
+    channel: &Channel,
+    delivery: &Delivery,
+    mut state: JobState,
+    reason: DeadLetterReason,
+) {
+    state.reason = Some(reason.name().to_string());
+    let topology = &settings.topology;
+    match publish_state(
+        channel,
+        &topology.dead_letter_exchange,
+        &topology.dead_letter_routing_key,
+        delivery,
+        &state,
+    )
+    .await
+    {
+        Ok(()) => ack(delivery).await,
+        Err(e) => {
+            // Rejecting routes it to the same dead-letter exchange through the broker.
+            warn!(error = %e, "could not publish to the dead-letter exchange; rejecting instead");
+            nack(delivery, false).await;
+        }
+    }
+}
+
+async fn publish_state(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    delivery: &Delivery,
+    state: &JobState,
+) -> Result<(), AmqpError> {
+    let mut headers: FieldTable = state.to_headers();
+    if headers.inner().is_empty() {
+        headers = FieldTable::default();
+    }
+    publish_confirmed(
+        channel,
+        exchange,
+        routing_key,
+        &delivery.data,
+        oslo_properties().with_headers(headers),
+    )
+    .await
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        // The broker will redeliver; the job's steps are idempotent.
+        warn!(error = %e, "ack failed; the job will be redelivered");
+    }
+}
+
+async fn nack(delivery: &Delivery, requeue: bool) {
+    if let Err(e) = delivery
+        .nack(BasicNackOptions {
+            requeue,
+            multiple: false,
+        })
+        .await
+    {
+        warn!(error = %e, requeue, "nack failed; the broker will redeliver the job");
+    }
+}

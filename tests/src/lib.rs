@@ -323,3 +323,260 @@ pub mod disks {
         .expect("read the image")
     }
 }
+
+pub mod worker_process {
+    //! `snapq-worker` as a separate process, so tests can crash it (failpoints abort it) and
+    //! start a fresh one, exactly as in production.
+
+    use std::path::PathBuf;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use snapq_common::amqp::Topology;
+    use tokio::process::{Child, Command};
+
+    use super::Services;
+
+    /// The worker binary `cargo build --workspace --bins` made (dev/test builds it first).
+    pub fn worker_binary() -> PathBuf {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let binary = target.join("debug/snapq-worker");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (dev/test does)",
+            binary.display()
+        );
+        binary
+    }
+
+    pub struct WorkerProcess {
+        pub child: Child,
+        pub log: PathBuf,
+    }
+
+    impl WorkerProcess {
+        /// Starts a worker on `topology`'s queues; `failpoint` arms a crash point.
+        pub fn spawn(topology: &Topology, name: &str, failpoint: Option<&str>) -> WorkerProcess {
+            let services = Services::from_env();
+            let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+            std::fs::create_dir_all(&log_dir).expect("create the test log directory");
+            let log = log_dir.join(format!("{}-{name}.log", topology.work_queue));
+            let log_file = std::fs::File::create(&log).expect("create the worker log");
+            let mut command = Command::new(worker_binary());
+            command
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("RUST_LOG", "info,lapin=warn")
+                .env("NO_COLOR", "1")
+                .env("SNAPQ_AMQP_URL", &services.amqp_url)
+                .env("SNAPQ_TOPIC", &topology.config.topic)
+                .env(
+                    "SNAPQ_DELIVERY_LIMIT",
+                    topology.config.delivery_limit.to_string(),
+                )
+                .env("SNAPQ_CEPH_CONF", &services.ceph_conf)
+                .env("SNAPQ_CEPH_USER", "nova")
+                .env("SNAPQ_GLANCE_URL", &services.glance_url)
+                .env("SNAPQ_GLANCE_POOL", &services.glance_pool)
+                .env("SNAPQ_LEASE_SECONDS", "3")
+                .env("SNAPQ_CONCURRENCY", "2")
+                .env("SNAPQ_SHUTDOWN_GRACE", "30")
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("clone log handle"))
+                .stderr(log_file)
+                .kill_on_drop(true);
+            if let Some(point) = failpoint {
+                command.env("SNAPQ_TEST_FAILPOINT", point);
+            }
+            let child = command.spawn().expect("start snapq-worker");
+            WorkerProcess { child, log }
+        }
+
+        /// Waits for the process to end by itself; panics after `timeout`.
+        pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+            match tokio::time::timeout(timeout, self.child.wait()).await {
+                Ok(status) => status.expect("wait for the worker"),
+                Err(_) => panic!(
+                    "worker did not exit within {timeout:?}; log: {}",
+                    self.log.display()
+                ),
+            }
+        }
+
+        /// Sends SIGTERM and waits for a clean exit.
+        pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+            if let Some(pid) = self.child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            self.wait_exit(timeout).await
+        }
+
+        pub fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+    }
+}
+
+pub mod job_fixture {
+    //! One snapshot job's world: a disk, a queued Glance image and a topology of its own, with
+    //! the checks every resumed, duplicated or racing job must pass.
+
+    use std::time::Duration;
+
+    use snapq_common::amqp::Topology;
+    use snapq_common::glance::{GlanceClient, NewImage};
+    use snapq_common::message::{DiskSpec, SnapshotRequest};
+    use snapq_common::rbd::{run_blocking, Pool};
+    use snapq_producer::Producer;
+    use uuid::Uuid;
+
+    use super::disks::{content_digest, make_disk, MIB};
+    use super::worker_harness::{glance_client, test_topology};
+    use super::{cluster_as, rabbit, Services};
+
+    /// One job's fixture: a disk, a queued Glance image, and a topology of its own.
+    pub struct Job {
+        pub services: Services,
+        pub vms: Pool,
+        pub images: Pool,
+        pub glance: GlanceClient,
+        pub topology: Topology,
+        pub disk: String,
+        pub disk_size: u64,
+        pub image_id: Uuid,
+        pub request: SnapshotRequest,
+    }
+
+    impl Job {
+        /// A disk of `size_mib` with `extents` 4 MiB extents written, and a queued image.
+        pub async fn new(prefix: &str, size_mib: u64, extents: u64) -> Job {
+            let services = Services::from_env();
+            let cluster = cluster_as("nova").await;
+            let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+            let images = cluster.pool(&services.glance_pool).expect("glance pool");
+            let disk = format!("{}_disk", Uuid::new_v4());
+            make_disk(&vms, &disk, size_mib * MIB, extents).await;
+            let glance = glance_client(&services.glance_url);
+            let image_id = glance
+                .create_image(&NewImage::raw(prefix))
+                .await
+                .expect("queued image")
+                .id;
+            let request = SnapshotRequest::new(
+                DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+                image_id,
+                prefix.to_string(),
+            );
+            Job {
+                topology: test_topology(prefix),
+                services,
+                vms,
+                images,
+                glance,
+                disk,
+                disk_size: size_mib * MIB,
+                image_id,
+                request,
+            }
+        }
+
+        pub async fn publish(&self, request: &SnapshotRequest) {
+            let producer = Producer::connect(&self.services.amqp_url, self.topology.clone())
+                .await
+                .expect("producer");
+            producer.cast(request).await.expect("publish");
+            producer.close().await;
+        }
+
+        pub async fn wait_active(&self) {
+            self.glance
+                .wait_active(
+                    self.image_id,
+                    Duration::from_secs(120),
+                    Duration::from_millis(200),
+                )
+                .await
+                .expect("the image becomes active");
+        }
+
+        /// Waits until no queue of the job's topology holds a message for two seconds running.
+        pub async fn wait_queues_empty(&self) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut quiet_since = None;
+            loop {
+                let mut total = 0;
+                for queue in self.topology.all_queues() {
+                    total += rabbit::depth(queue).await;
+                }
+                match (total, quiet_since) {
+                    (0, None) => quiet_since = Some(tokio::time::Instant::now()),
+                    (0, Some(since)) if since.elapsed() >= Duration::from_secs(2) => return,
+                    (0, Some(_)) => {}
+                    _ => quiet_since = None,
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "queues still hold {total} messages"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+
+        /// The end state every case must reach.
+        pub async fn assert_converged(&self) {
+            let record = self.glance.get_image(self.image_id).await.expect("image");
+            assert_eq!(record.status, "active");
+            assert_eq!(record.size, Some(self.disk_size));
+            let id = self.image_id.to_string();
+            let (images, vms, id2, disk) = (
+                self.images.clone(),
+                self.vms.clone(),
+                id.clone(),
+                self.disk.clone(),
+            );
+            let (parent, source_snaps, image_snaps, trash) = run_blocking(move || {
+                let image = images.open_read_only(&id2, None)?;
+                Ok((
+                    image.parent()?,
+                    vms.open_read_only(&disk, None)?.snapshots()?,
+                    image.snapshots()?,
+                    images.trash_image_names()?,
+                ))
+            })
+            .await
+            .expect("inspect Ceph");
+            assert_eq!(parent, None, "the image is flattened");
+            assert!(
+                source_snaps.is_empty(),
+                "snapshots left on the disk: {source_snaps:?}"
+            );
+            let names: Vec<_> = image_snaps.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["snap"], "the image has exactly Glance's snapshot");
+            assert!(!trash.contains(&id), "the image is not in the trash");
+            assert_eq!(
+                content_digest(&self.images, &id, Some("snap")).await,
+                content_digest(&self.vms, &self.disk, None).await,
+                "the image holds the disk's data"
+            );
+            for queue in self.topology.all_queues() {
+                assert_eq!(rabbit::depth(queue).await, 0, "queue {queue} is empty");
+            }
+        }
+
+        pub async fn clean_up(self) {
+            self.glance
+                .delete_image(self.image_id)
+                .await
+                .expect("delete image");
+            let (vms, disk) = (self.vms.clone(), self.disk.clone());
+            run_blocking(move || vms.remove_image(&disk))
+                .await
+                .expect("remove disk");
+            rabbit::delete_queues(&self.topology.all_queues()).await;
+        }
+    }
+}

@@ -1,11 +1,11 @@
 //! Step 5: create and protect `images/<image_id>@snap`, register
 //! `rbd://<fsid>/images/<image_id>/snap` with Glance, and wait until the image is `active`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use snapq_common::glance::GlanceError;
 use snapq_common::rbd::run_blocking;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::StepReport;
 use crate::context::JobContext;
@@ -13,6 +13,10 @@ use crate::error::JobError;
 use crate::names::IMAGE_SNAPSHOT;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Glance imports a registered location asynchronously and, when the import fails (a busy
+/// database, a restart), says nothing: the image just stays `queued`. Registering again
+/// after this long recovers without waiting for the whole active timeout.
+const REREGISTER_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let (image_pool, names) = (ctx.image_pool.clone(), ctx.names.clone());
@@ -59,8 +63,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             })
         }
         "queued" => {
-            let api = ctx.glance.add_location(ctx.image_id, &location).await?;
-            info!(?api, %location, "location registered with Glance");
+            register(ctx, &location).await?;
             report = StepReport::Done;
         }
         // Glance is still importing a location registered by an earlier attempt.
@@ -77,10 +80,41 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             })
         }
     }
-    let active = ctx
-        .glance
-        .wait_active(ctx.image_id, ctx.active_timeout, POLL_INTERVAL)
-        .await?;
-    info!(size = active.size, "Glance image is active");
-    Ok(report)
+    let deadline = Instant::now() + ctx.active_timeout;
+    loop {
+        let wait = REREGISTER_AFTER.min(deadline.saturating_duration_since(Instant::now()));
+        match ctx
+            .glance
+            .wait_active(ctx.image_id, wait, POLL_INTERVAL)
+            .await
+        {
+            Ok(active) => {
+                info!(size = active.size, "Glance image is active");
+                return Ok(report);
+            }
+            Err(GlanceError::NotActive { status, .. }) if Instant::now() < deadline => {
+                if status == "queued" {
+                    warn!("Glance has not imported the location (image still queued); registering it again");
+                    register(ctx, &location).await?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Registers the location. A refusal because an earlier registration already moved the image
+/// on (Glance answers 409 unless the image is `queued`) is success.
+async fn register(ctx: &JobContext, location: &str) -> Result<(), JobError> {
+    match ctx.glance.add_location(ctx.image_id, location).await {
+        Ok(api) => {
+            info!(?api, %location, "location registered with Glance");
+            Ok(())
+        }
+        Err(e) if e.refuses_location() => match ctx.glance.get_image(ctx.image_id).await {
+            Ok(record) if record.status != "queued" => Ok(()),
+            _ => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
 }

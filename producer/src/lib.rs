@@ -1,5 +1,7 @@
 //! Publishing snapshot requests, as oslo.messaging's `cast` and `call` do.
 
+pub mod bench;
+
 use std::time::Duration;
 
 use futures::StreamExt;

@@ -164,6 +164,7 @@ pub mod worker_harness {
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
                 flatten_hold: Duration::from_secs(60),
+                flatten_in_process_below: 1 << 30,
                 lease_duration: Duration::from_secs(6),
                 max_attempts: 3,
                 shutdown_grace: Duration::from_secs(30),
@@ -359,6 +360,16 @@ pub mod worker_process {
     impl WorkerProcess {
         /// Starts a worker on `topology`'s queues; `failpoint` arms a crash point.
         pub fn spawn(topology: &Topology, name: &str, failpoint: Option<&str>) -> WorkerProcess {
+            let env: Vec<(&str, &str)> = failpoint
+                .map(|p| ("SNAPQ_TEST_FAILPOINT", p))
+                .into_iter()
+                .collect();
+            WorkerProcess::spawn_with(topology, name, &env)
+        }
+
+        /// Starts a worker with extra environment settings. Flattens go through the Ceph
+        /// manager (the path that survives the worker) unless `env` says otherwise.
+        pub fn spawn_with(topology: &Topology, name: &str, env: &[(&str, &str)]) -> WorkerProcess {
             let services = Services::from_env();
             let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
             std::fs::create_dir_all(&log_dir).expect("create the test log directory");
@@ -383,13 +394,12 @@ pub mod worker_process {
                 .env("SNAPQ_LEASE_SECONDS", "3")
                 .env("SNAPQ_CONCURRENCY", "2")
                 .env("SNAPQ_SHUTDOWN_GRACE", "30")
+                .env("SNAPQ_FLATTEN_IN_PROCESS_BELOW_GIB", "0")
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("clone log handle"))
                 .stderr(log_file)
                 .kill_on_drop(true);
-            if let Some(point) = failpoint {
-                command.env("SNAPQ_TEST_FAILPOINT", point);
-            }
+            command.envs(env.iter().copied());
             let child = command.spawn().expect("start snapq-worker");
             WorkerProcess { child, log }
         }
@@ -568,10 +578,13 @@ pub mod job_fixture {
         }
 
         pub async fn clean_up(self) {
-            self.glance
-                .delete_image(self.image_id)
-                .await
-                .expect("delete image");
+            // The dev Glance's sqlite answers 500 "database is locked" under parallel tests.
+            let mut attempt = 0;
+            while let Err(e) = self.glance.delete_image(self.image_id).await {
+                attempt += 1;
+                assert!(e.is_transient() && attempt < 5, "delete image: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             let (vms, disk) = (self.vms.clone(), self.disk.clone());
             run_blocking(move || vms.remove_image(&disk))
                 .await

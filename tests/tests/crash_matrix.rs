@@ -122,3 +122,27 @@ async fn two_workers_racing_on_one_job_converge() {
     job.assert_converged().await;
     job.clean_up().await;
 }
+
+#[tokio::test]
+async fn long_flatten_is_checkpointed_with_its_progress_and_completes() {
+    let job = Job::new("long-flatten", 512, 64).await;
+    // A flatten hold of zero: every delivery polls once, then checkpoints the progress.
+    let mut worker =
+        WorkerProcess::spawn_with(&job.topology, "worker", &[("SNAPQ_FLATTEN_HOLD", "0")]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    job.publish(&job.request).await;
+    job.wait_active().await;
+    job.wait_queues_empty().await;
+    assert!(worker.terminate(Duration::from_secs(60)).await.success());
+    let log = worker.log_text();
+    assert!(
+        log.contains("flatten task running in the Ceph manager"),
+        "{log}"
+    );
+    assert!(
+        log.contains("flatten still running; checkpointing its progress"),
+        "{log}"
+    );
+    job.assert_converged().await;
+    job.clean_up().await;
+}

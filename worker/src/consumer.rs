@@ -33,6 +33,9 @@ pub struct WorkerSettings {
     pub active_timeout: Duration,
     /// How long one delivery waits for a flatten before checkpointing its progress.
     pub flatten_hold: Duration,
+    /// Clones whose source holds less than this many bytes are flattened in the worker;
+    /// bigger ones by a Ceph manager task.
+    pub flatten_in_process_below: u64,
     /// Lifetime of a job's lease; renewed every third of it.
     pub lease_duration: Duration,
     /// Attempts at one step before a transient failure dead-letters the job.

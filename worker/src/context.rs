@@ -28,6 +28,8 @@ pub struct JobContext {
     pub active_timeout: Duration,
     /// How long one delivery may wait for a flatten before checkpointing its progress.
     pub flatten_hold: Duration,
+    /// Clones whose source holds less than this many bytes are flattened in the worker.
+    pub flatten_in_process_below: u64,
 }
 
 impl JobContext {
@@ -38,6 +40,7 @@ impl JobContext {
         glance: &GlanceClient,
         active_timeout: Duration,
         flatten_hold: Duration,
+        flatten_in_process_below: u64,
     ) -> Result<JobContext, crate::JobError> {
         let source_pool = cluster.pool(&request.disk.pool)?;
         Ok(JobContext {
@@ -51,6 +54,7 @@ impl JobContext {
             glance: glance.clone(),
             active_timeout,
             flatten_hold,
+            flatten_in_process_below,
         })
     }
 }

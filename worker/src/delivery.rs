@@ -108,6 +108,7 @@ async fn run_step(
     mut state: JobState,
     step: Step,
 ) {
+    let lease_started = Instant::now();
     let lease = match JobLease::acquire(
         &settings.image_pool,
         request.image_id,
@@ -154,6 +155,10 @@ async fn run_step(
             "resuming job"
         );
     }
+    tracing::debug!(
+        ms = lease_started.elapsed().as_secs_f64() * 1e3,
+        "lease taken"
+    );
     failpoint::hit(&format!("before:{}", step.name()));
     let started = Instant::now();
     let result = match context(settings, request) {
@@ -182,29 +187,38 @@ async fn run_step(
             }
             // The step is done and idempotent: the lease can go before the checkpoint, so the
             // next step (maybe on another worker) does not wait for it.
-            lease.release(step.next().is_none()).await;
+            // The step is done and idempotent: the lease is released while the checkpoint is
+            // published, so the next step (maybe on another worker) does not wait for it.
             match step.next() {
                 Some(_) => {
                     let next = state.advanced(step);
-                    if let Err(e) = publish_state(
-                        channel,
-                        &settings.topology.request_exchange,
-                        &settings.topology.request_routing_key,
-                        delivery,
-                        &next,
-                    )
-                    .await
-                    {
+                    let publishing = Instant::now();
+                    let (published, ()) = tokio::join!(
+                        publish_state(
+                            channel,
+                            &settings.topology.request_exchange,
+                            &settings.topology.request_routing_key,
+                            delivery,
+                            &next
+                        ),
+                        lease.release(false),
+                    );
+                    if let Err(e) = published {
                         // Not acknowledged: the broker redelivers the old message and the step,
                         // already done, is skipped.
                         warn!(error = %e, "could not publish the checkpoint; the step will be re-checked");
                         nack(delivery, true).await;
                     } else {
+                        tracing::debug!(
+                            ms = publishing.elapsed().as_secs_f64() * 1e3,
+                            "checkpoint published, lease released"
+                        );
                         failpoint::hit(&format!("published:{}", step.name()));
                         ack(delivery).await;
                     }
                 }
                 None => {
+                    lease.release(true).await;
                     let seconds = state
                         .started_ms
                         .map(|s| now_ms().saturating_sub(s) as f64 / 1000.0)
@@ -260,6 +274,7 @@ fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobCo
         &settings.glance,
         settings.active_timeout,
         settings.flatten_hold,
+        settings.flatten_in_process_below,
     )
 }
 

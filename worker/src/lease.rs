@@ -11,6 +11,8 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 const LOCK_NAME: &str = "snapq-job";
+const HELD_RETRIES: u32 = 5;
+const HELD_RETRY_DELAY: Duration = Duration::from_millis(10);
 
 /// The RADOS object that carries a job's lock, in Glance's pool.
 pub fn lease_object(image_id: Uuid) -> String {
@@ -43,17 +45,26 @@ impl JobLease {
     ) -> Result<JobLease, LeaseError> {
         let object = lease_object(image_id);
         let cookie = format!("{holder}/{}", Uuid::new_v4().simple());
-        let (pool2, object2, cookie2) = (pool.clone(), object.clone(), cookie.clone());
-        match run_blocking(move || {
-            pool2.lock_exclusive(&object2, LOCK_NAME, &cookie2, duration, false)
-        })
-        .await
-        {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind, RbdErrorKind::Busy | RbdErrorKind::AlreadyExists) => {
-                return Err(LeaseError::Held)
+        // The previous step's worker releases the lease while it publishes the checkpoint,
+        // so the lease may still be held for a few milliseconds: try a few times first.
+        let mut tries = 0;
+        loop {
+            let (pool2, object2, cookie2) = (pool.clone(), object.clone(), cookie.clone());
+            let taken = run_blocking(move || {
+                pool2.lock_exclusive(&object2, LOCK_NAME, &cookie2, duration, false)
+            })
+            .await;
+            match taken {
+                Ok(()) => break,
+                Err(e) if matches!(e.kind, RbdErrorKind::Busy | RbdErrorKind::AlreadyExists) => {
+                    tries += 1;
+                    if tries >= HELD_RETRIES {
+                        return Err(LeaseError::Held);
+                    }
+                    tokio::time::sleep(HELD_RETRY_DELAY).await;
+                }
+                Err(e) => return Err(LeaseError::Ceph(e)),
             }
-            Err(e) => return Err(LeaseError::Ceph(e)),
         }
         let (lost_tx, lost) = watch::channel(false);
         let (pool2, object2, cookie2) = (pool.clone(), object.clone(), cookie.clone());

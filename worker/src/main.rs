@@ -32,6 +32,10 @@ struct Args {
     /// under RabbitMQ's consumer_timeout, 30 min by default).
     #[arg(long, env = "SNAPQ_FLATTEN_HOLD", default_value_t = 300)]
     flatten_hold: u64,
+    /// Clones whose source disk holds less than this many GiB are flattened by the worker
+    /// itself (fastest); bigger ones by a Ceph manager task (survives the worker, polled).
+    #[arg(long, env = "SNAPQ_FLATTEN_IN_PROCESS_BELOW_GIB", default_value_t = 16)]
+    flatten_in_process_below_gib: u64,
     /// Seconds a job's lease lasts without renewal (it is renewed every third of that).
     #[arg(long, env = "SNAPQ_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     lease_seconds: u64,
@@ -46,6 +50,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,lapin=warn".into()),
@@ -73,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         active_timeout: Duration::from_secs(args.active_timeout),
         flatten_hold: Duration::from_secs(args.flatten_hold),
+        flatten_in_process_below: args.flatten_in_process_below_gib.saturating_mul(1 << 30),
         lease_duration: Duration::from_secs(args.lease_seconds),
         max_attempts: args.max_attempts,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),

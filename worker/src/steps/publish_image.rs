@@ -12,7 +12,7 @@ use crate::context::JobContext;
 use crate::error::JobError;
 use crate::names::IMAGE_SNAPSHOT;
 
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Glance imports a registered location asynchronously and, when the import fails (a busy
 /// database, a restart), says nothing: the image just stays `queued`. Registering again
 /// after this long recovers without waiting for the whole active timeout.

@@ -1,5 +1,8 @@
-# Glance API under uWSGI with its rbd store, sqlite, and a no-keystone identity filter.
-# Sourced by dev/up.
+# Glance API under uWSGI with its rbd store, PostgreSQL, and a no-keystone identity filter.
+# Sourced by dev/up (after dev/postgres.sh).
+
+# One database per Glance instance (the legacy-API test Glance has its own).
+GLANCE_DB=${GLANCE_DB:-glance_$(basename "$GLANCE_DIR" | tr -c 'a-z0-9\n' '_')}
 
 glance_write_conf() {
   mkdir -p "$GLANCE_DIR"/{etc,log,staging,tasks,run,locks}
@@ -13,7 +16,7 @@ log_file = $GLANCE_DIR/log/glance-api.log
 worker_self_reference_url = http://127.0.0.1:$GLANCE_PORT
 
 [database]
-connection = sqlite:///$GLANCE_DIR/glance.sqlite
+connection = postgresql+psycopg2://$GLANCE_DB@127.0.0.1:$PG_PORT/$GLANCE_DB
 
 [glance_store]
 default_backend = ceph
@@ -102,13 +105,12 @@ glance_answers() {
 glance_up() {
   [ -x "$GLANCE_VENV/bin/uwsgi" ] || die "glance: venv missing at $GLANCE_VENV; run dev/install"
   glance_write_conf
-  if [ ! -f "$GLANCE_DIR/glance.sqlite" ]; then
+  postgres_up
+  postgres_database "$GLANCE_DB"
+  if [ ! -f "$GLANCE_DIR/db_synced" ]; then
     "$GLANCE_VENV/bin/glance-manage" --config-file "$GLANCE_DIR/etc/glance-api.conf" db_sync \
       >>"$GLANCE_DIR/log/db_sync.log" 2>&1 || die "glance: db_sync failed; see $GLANCE_DIR/log/db_sync.log"
-    # WAL lets readers run beside a writer: fewer "database is locked" 500s when requests
-    # overlap (the setting is stored in the database file).
-    "$GLANCE_VENV/bin/python" -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL")' \
-      "$GLANCE_DIR/glance.sqlite"
+    touch "$GLANCE_DIR/db_synced"
   fi
   if ! pid_alive "$GLANCE_DIR/run/uwsgi.pid"; then
     (cd "$GLANCE_DIR" && setsid -f "$GLANCE_VENV/bin/uwsgi" --ini "$GLANCE_DIR/etc/uwsgi.ini" \

@@ -578,7 +578,7 @@ pub mod job_fixture {
         }
 
         pub async fn clean_up(self) {
-            // The dev Glance's sqlite answers 500 "database is locked" under parallel tests.
+            // Glance may answer a passing 5xx under load; only that is retried.
             let mut attempt = 0;
             while let Err(e) = self.glance.delete_image(self.image_id).await {
                 attempt += 1;

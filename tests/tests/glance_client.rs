@@ -13,10 +13,6 @@ const MIB: usize = 1024 * 1024;
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 
-/// The dev Glance keeps its database in SQLite, whose writers collide when requests overlap
-/// (HTTP 500 "database is locked"): the tests that write take turns.
-static GLANCE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn client_for(url: String, location_api: LocationApi) -> GlanceClient {
     GlanceClient::new(GlanceConfig {
         url,
@@ -138,7 +134,6 @@ fn chunked_body(data: &[u8]) -> reqwest::Body {
 
 #[tokio::test]
 async fn creates_queued_image_with_caller_chosen_id() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let mut request = raw_image("glance-test-create");
     request
@@ -196,7 +191,6 @@ async fn unreachable_glance_is_a_transient_transport_error() {
 
 #[tokio::test]
 async fn new_location_api_makes_image_active_with_rbd_size() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let request = raw_image("glance-test-newloc");
     let id = request.id.unwrap();
@@ -225,7 +219,6 @@ async fn new_location_api_makes_image_active_with_rbd_size() {
 
 #[tokio::test]
 async fn legacy_patch_location_api_makes_image_active() {
-    let _turn = GLANCE_TURN.lock().await;
     let legacy = legacy_glance(LocationApi::Legacy);
     let request = raw_image("glance-test-legacyloc");
     let id = request.id.unwrap();
@@ -244,7 +237,6 @@ async fn legacy_patch_location_api_makes_image_active() {
 
 #[tokio::test]
 async fn legacy_patch_is_refused_without_show_multiple_locations() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = client_for(Services::from_env().glance_url, LocationApi::Legacy);
     let request = raw_image("glance-test-legacy-refused");
     let id = request.id.unwrap();
@@ -276,7 +268,6 @@ async fn legacy_patch_is_refused_without_show_multiple_locations() {
 
 #[tokio::test]
 async fn wait_active_times_out_on_stuck_queued_image() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let request = raw_image("glance-test-stuck");
     let id = request.id.unwrap();
@@ -318,7 +309,6 @@ async fn wait_active_times_out_on_stuck_queued_image() {
 
 #[tokio::test]
 async fn upload_streams_bytes_and_image_becomes_active() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let request = raw_image("glance-test-upload");
     let id = request.id.unwrap();
@@ -342,7 +332,6 @@ async fn upload_streams_bytes_and_image_becomes_active() {
 
 #[tokio::test]
 async fn upload_of_unknown_size_is_sent_chunked() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let request = raw_image("glance-test-upload-chunked");
     let id = request.id.unwrap();
@@ -364,7 +353,6 @@ async fn upload_of_unknown_size_is_sent_chunked() {
 
 #[tokio::test]
 async fn delete_removes_image_and_is_idempotent() {
-    let _turn = GLANCE_TURN.lock().await;
     let glance = glance();
     let request = raw_image("glance-test-delete");
     let id = request.id.unwrap();

@@ -174,6 +174,8 @@ async fn drain(settings: &WorkerSettings, jobs: &mut JoinSet<()>) {
             "grace period over; unfinished deliveries go back to the queue"
         );
         jobs.abort_all();
+        // Reap the cancelled tasks; their deliveries return to the queue with the connection.
+        while jobs.join_next().await.is_some() {}
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::FieldTable;
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError};
 use snapq_common::job::{now_ms, HistoryEntry, JobState, Step};
@@ -44,32 +43,20 @@ impl DeadLetterReason {
 }
 
 pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let request = match SnapshotRequest::decode(&delivery.data) {
-        Ok(request) => request,
-        Err(e) => {
+    let decoded = SnapshotRequest::decode(&delivery.data)
+        .map_err(|e| e.to_string())
+        .and_then(|request| {
+            let state = JobState::from_headers(delivery.properties.headers().as_ref())
+                .map_err(|e| e.to_string())?;
+            Ok((request, state))
+        });
+    let (request, mut state) = match decoded {
+        Ok(decoded) => decoded,
+        Err(detail) => {
             // Nothing can make this message valid: dead-letter it untouched, never touch Ceph.
-            error!(error = %e, field = e.field(), "dead-lettering a malformed request");
+            error!(error = %detail, "dead-lettering a malformed request");
             let state = JobState {
-                last_error: Some(e.to_string()),
-                ..JobState::fresh()
-            };
-            dead_letter(
-                settings,
-                channel,
-                &delivery,
-                state,
-                DeadLetterReason::Malformed,
-            )
-            .await;
-            return;
-        }
-    };
-    let mut state = match JobState::from_headers(delivery.properties.headers().as_ref()) {
-        Ok(state) => state,
-        Err(e) => {
-            error!(error = %e, "dead-lettering a request with malformed job headers");
-            let state = JobState {
-                last_error: Some(e.to_string()),
+                last_error: Some(detail),
                 ..JobState::fresh()
             };
             dead_letter(
@@ -378,16 +365,12 @@ async fn publish_state(
     delivery: &Delivery,
     state: &JobState,
 ) -> Result<(), AmqpError> {
-    let mut headers: FieldTable = state.to_headers();
-    if headers.inner().is_empty() {
-        headers = FieldTable::default();
-    }
     publish_confirmed(
         channel,
         exchange,
         routing_key,
         &delivery.data,
-        oslo_properties().with_headers(headers),
+        oslo_properties().with_headers(state.to_headers()),
     )
     .await
 }

@@ -14,7 +14,8 @@
 //! | `x-snapq-flatten-progress` | percent of the flatten done, while it runs |
 //! | `x-snapq-history` | JSON list of `{step, worker, at_ms, seconds, did}` (last 32) |
 //! | `x-snapq-last-error` | the last failure, one line |
-//! | `x-snapq-reason` | why the job was dead-lettered (`fallback`, `park`, `retries-exhausted`, `malformed`) |
+//! | `x-snapq-reason` | why the job was dead-lettered (`fallback`, `park`, `retries-exhausted`, `malformed`, `fallback-failed`) |
+//! | `x-snapq-replays` | times an operator replayed the job from the parking lot |
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ pub const HEADER_FLATTEN_PROGRESS: &str = "x-snapq-flatten-progress";
 pub const HEADER_HISTORY: &str = "x-snapq-history";
 pub const HEADER_LAST_ERROR: &str = "x-snapq-last-error";
 pub const HEADER_REASON: &str = "x-snapq-reason";
+pub const HEADER_REPLAYS: &str = "x-snapq-replays";
 
 /// Entries of history kept in the header; older ones are dropped.
 pub const MAX_HISTORY: usize = 32;
@@ -104,6 +106,7 @@ pub struct JobState {
     pub history: Vec<HistoryEntry>,
     pub last_error: Option<String>,
     pub reason: Option<String>,
+    pub replays: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -212,6 +215,11 @@ impl JobState {
             history,
             last_error: string_header(headers, HEADER_LAST_ERROR)?,
             reason: string_header(headers, HEADER_REASON)?,
+            replays: match int_header(headers, HEADER_REPLAYS)? {
+                None => 0,
+                Some(n) => u32::try_from(n)
+                    .map_err(|_| invalid(HEADER_REPLAYS, format!("{n} is out of range")))?,
+            },
         })
     }
 
@@ -256,6 +264,12 @@ impl JobState {
         }
         put_string(&mut headers, HEADER_LAST_ERROR, &self.last_error);
         put_string(&mut headers, HEADER_REASON, &self.reason);
+        if self.replays > 0 {
+            headers.insert(
+                HEADER_REPLAYS.into(),
+                AMQPValue::LongLongInt(i64::from(self.replays)),
+            );
+        }
         headers
     }
 
@@ -317,6 +331,7 @@ mod tests {
             flatten_progress: Some(40),
             last_error: Some("boom".into()),
             reason: Some("park".into()),
+            replays: 2,
             ..JobState::default()
         };
         state.record(HistoryEntry {

@@ -1,6 +1,7 @@
 //! Publishing snapshot requests, as oslo.messaging's `cast` and `call` do.
 
 pub mod bench;
+pub mod jobs;
 
 use std::time::Duration;
 
@@ -116,6 +117,15 @@ impl Producer {
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| ProducerError::Timeout(timeout))?
+    }
+
+    /// The channel (confirms on), for tooling such as `snapq jobs`.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     pub async fn close(self) {

@@ -27,6 +27,38 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Time snapq's direct path beside the same operations done bare (needs a running worker).
     Bench(BenchArgs),
+    /// Inspect, replay or purge parked jobs.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JobsArgs {
+    #[command(subcommand)]
+    action: JobsAction,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    ceph: CephArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsAction {
+    /// Parked jobs: id, disk, image, reason, when, attempts.
+    List,
+    /// One parked job, whole.
+    Show { id: String },
+    /// Send parked jobs back with a fresh attempt budget.
+    Replay {
+        /// The job id (or use --all).
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// `direct` (the fast path again) or `fallback` (straight to the full copy).
+        #[arg(long, default_value = "direct", value_parser = ["direct", "fallback"])]
+        mode: String,
+    },
+    /// Drop a parked job for good.
+    Purge { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Snapshot(args) => snapshot(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Jobs(args) => jobs(args).await,
     }
 }
 
@@ -148,4 +181,91 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         topology: Topology::new(args.amqp.topology()),
     };
     snapq_producer::bench::run(config, cluster, glance).await
+}
+
+async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    use snapq_producer::jobs::{self, ReplayMode};
+
+    let producer = Producer::connect(&args.amqp.url, Topology::new(args.amqp.topology())).await?;
+    let (channel, topology) = (producer.channel().clone(), producer.topology().clone());
+    let mut parked = jobs::take_all(&channel, &topology).await?;
+    let outcome = async {
+        match &args.action {
+            JobsAction::List => {
+                println!("{:<34} {:<50} {:<38} {:<18} {:>8} {:>8}", "job", "disk", "image", "reason", "age_s", "attempts");
+                for job in &parked {
+                    let (disk, image) = job.request.as_ref().map_or(("?".into(), "?".into()), |r| (r.disk.to_string(), r.image_id.to_string()));
+                    let when = job.state.history.last().map(|h| h.at_ms).or(job.state.started_ms);
+                    let age = when.map_or("?".into(), |at| (snapq_common::job::now_ms().saturating_sub(at) / 1000).to_string());
+                    let attempts = job.state.history.len();
+                    println!("{:<34} {:<50} {:<38} {:<18} {:>8} {:>8}", job.id(), disk, image, job.state.reason.as_deref().unwrap_or("?"), age, attempts);
+                }
+                println!("{} parked job(s)", parked.len());
+            }
+            JobsAction::Show { id } => {
+                let job = parked.iter().find(|j| &j.id() == id).ok_or_else(|| anyhow::anyhow!("no parked job {id}"))?;
+                println!("job:        {}", job.id());
+                if let Some(r) = &job.request {
+                    println!("disk:       {}\nimage:      {} ({})", r.disk, r.image_id, r.image_name);
+                }
+                println!("reason:     {}", job.state.reason.as_deref().unwrap_or("?"));
+                println!("last error: {}", job.state.last_error.as_deref().unwrap_or(""));
+                println!("replays:    {}", job.state.replays);
+                println!("history:");
+                for h in &job.state.history {
+                    println!("  {} {:<24} {:<14} {:>8.3}s  {}", h.at_ms, h.step, h.did, h.seconds, h.worker);
+                }
+            }
+            JobsAction::Replay { id, all, mode } => {
+                let mode = if mode == "fallback" { ReplayMode::Fallback } else { ReplayMode::Direct };
+                if id.is_none() && !all {
+                    bail!("name a job id or use --all");
+                }
+                let cluster = snapq_common::rbd::connect(args.ceph.config(), Duration::from_secs(args.ceph.connect_timeout_secs)).await?;
+                let chosen: Vec<_> = {
+                    let (chosen, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut parked).into_iter().partition(|j| *all || Some(j.id()) == *id);
+                    parked = rest;
+                    chosen
+                };
+                if chosen.is_empty() {
+                    bail!("no parked job {}", id.as_deref().unwrap_or(""));
+                }
+                for job in chosen {
+                    let job_id = job.id();
+                    let Some(request) = job.request.clone() else {
+                        eprintln!("{job_id}: not a valid request; it stays parked (purge it instead)");
+                        parked.push(job);
+                        continue;
+                    };
+                    let (cluster2, disk) = (cluster.clone(), request.disk.clone());
+                    let exists = snapq_common::rbd::run_blocking(move || cluster2.pool(&disk.pool)?.image_exists(&disk.image)).await;
+                    match exists {
+                        Ok(true) => {
+                            jobs::replay(&channel, &topology, job, mode).await?;
+                            println!("{job_id}: replayed ({mode:?})");
+                        }
+                        Ok(false) => {
+                            eprintln!("{job_id}: cannot replay: the source disk {} no longer exists; it stays parked", request.disk);
+                            parked.push(job);
+                        }
+                        Err(e) => {
+                            eprintln!("{job_id}: cannot check the source disk {}: {e}; it stays parked", request.disk);
+                            parked.push(job);
+                        }
+                    }
+                }
+            }
+            JobsAction::Purge { id } => {
+                let index = parked.iter().position(|j| &j.id() == id).ok_or_else(|| anyhow::anyhow!("no parked job {id}"))?;
+                let job = parked.remove(index);
+                jobs::purge(job).await?;
+                println!("{id}: purged");
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    jobs::put_back(parked).await;
+    producer.close().await;
+    outcome
 }

@@ -116,7 +116,7 @@ pub mod worker_harness {
 
     use snapq_common::amqp::{Topology, TopologyConfig};
     use snapq_common::glance::{GlanceClient, GlanceConfig, LocationApi};
-    use snapq_worker::{run_worker, WorkerSettings};
+    use snapq_worker::{run_worker, Role, WorkerSettings};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
@@ -150,12 +150,23 @@ pub mod worker_harness {
     impl RunningWorker {
         /// Starts a worker connecting to Ceph as `ceph_user`.
         pub async fn start(topology: Topology, ceph_user: &str) -> RunningWorker {
+            RunningWorker::start_as(topology, ceph_user, Role::Work).await
+        }
+
+        /// Starts a worker in `role`.
+        pub async fn start_as(topology: Topology, ceph_user: &str, role: Role) -> RunningWorker {
+            // The worker's logs, shown with a failing test's output.
+            let _ = tracing_subscriber::fmt()
+                .with_test_writer()
+                .with_env_filter("info,lapin=warn")
+                .try_init();
             let services = Services::from_env();
             let cluster = cluster_as(ceph_user).await;
             let image_pool = cluster
                 .pool(&services.glance_pool)
                 .expect("open Glance's pool");
             let settings = WorkerSettings {
+                role,
                 amqp_url: services.amqp_url.clone(),
                 topology: topology.clone(),
                 cluster,

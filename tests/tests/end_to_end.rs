@@ -187,21 +187,18 @@ async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
         image.id,
         "e2e-eperm".into(),
     );
-    let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
-    let failure = reply
-        .failure
-        .expect("nova-ro cannot clone into the images pool");
-    assert!(
-        failure.message.contains("permission denied"),
-        "{}",
-        failure.message
-    );
-    assert!(
-        rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
-            .await
-            .is_some(),
-        "the job waits in the dead-letter queue for the full-copy fallback"
-    );
+    // A job bound for the full-copy fallback is answered by the dead-letter consumer (none
+    // runs here), so cast and look at the dead-letter queue.
+    producer.cast(&request).await.expect("publish");
+    let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(30))
+        .await
+        .expect("the job waits in the dead-letter queue for the full-copy fallback");
+    let state =
+        snapq_common::job::JobState::from_headers(dead.delivery.properties.headers().as_ref())
+            .expect("job headers");
+    assert_eq!(state.reason.as_deref(), Some("fallback"));
+    let cause = state.last_error.unwrap_or_default();
+    assert!(cause.contains("permission denied"), "{cause}");
 
     let (images2, vms2, id, disk2) = (
         images.clone(),
@@ -221,6 +218,71 @@ async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
     assert!(
         source_snaps.is_empty(),
         "the source snapshot was removed: {source_snaps:?}"
+    );
+
+    producer.close().await;
+    worker.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    run_blocking(move || vms.remove_image(&disk))
+        .await
+        .expect("remove disk");
+    rabbit::delete_queues(&topology.all_queues()).await;
+}
+
+#[tokio::test]
+async fn image_not_expecting_raw_data_is_dead_lettered_untouched() {
+    let services = Services::from_env();
+    let cluster = cluster_as("nova").await;
+    let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+    let images = cluster.pool(&services.glance_pool).expect("glance pool");
+    let disk = instance_disk_name();
+    make_disk(&vms, &disk, 64 * MIB, 2).await;
+
+    let worker = RunningWorker::start(test_topology("e2e-qcow2"), "nova").await;
+    let topology = worker.topology.clone();
+    let glance = glance_client(&services.glance_url);
+    let mut new_image = NewImage::raw("e2e-qcow2");
+    new_image.disk_format = "qcow2".into();
+    let image = glance.create_image(&new_image).await.expect("image");
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+        image.id,
+        "e2e-qcow2".into(),
+    );
+    let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
+    let failure = reply
+        .failure
+        .expect("a qcow2 image cannot take an RBD clone");
+    assert!(failure.message.contains("qcow2"), "{}", failure.message);
+    let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
+        .await
+        .expect("the job waits in the dead-letter queue");
+    let state =
+        snapq_common::job::JobState::from_headers(dead.delivery.properties.headers().as_ref())
+            .expect("job headers");
+    assert_eq!(state.reason.as_deref(), Some("park"));
+
+    let (images2, vms2, id, disk2) = (
+        images.clone(),
+        vms.clone(),
+        image.id.to_string(),
+        disk.clone(),
+    );
+    let (clone_exists, source_snaps) = run_blocking(move || {
+        Ok((
+            images2.image_exists(&id)?,
+            vms2.open_read_only(&disk2, None)?.snapshots()?,
+        ))
+    })
+    .await
+    .expect("inspect Ceph");
+    assert!(!clone_exists, "nothing was cloned");
+    assert!(
+        source_snaps.is_empty(),
+        "nothing was snapshotted: {source_snaps:?}"
     );
 
     producer.close().await;

@@ -18,11 +18,21 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::delivery;
+use crate::{dead_letter, delivery};
+
+/// Which queue a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The work queue: the fast path, one step per delivery.
+    Work,
+    /// The dead-letter queue: cleanup, full-copy fallback, parking lot.
+    DeadLetter,
+}
 
 /// What a worker needs, already connected where connecting is slow.
 #[derive(Clone)]
 pub struct WorkerSettings {
+    pub role: Role,
     pub amqp_url: String,
     pub topology: Topology,
     pub cluster: Cluster,
@@ -116,9 +126,13 @@ async fn consume(
             source,
         })?;
     let consumer_tag = format!("{}-{}", settings.name, uuid::Uuid::new_v4().simple());
+    let queue = match settings.role {
+        Role::Work => settings.topology.work_queue.as_str(),
+        Role::DeadLetter => settings.topology.dead_letter_queue.as_str(),
+    };
     let mut consumer = channel
         .basic_consume(
-            settings.topology.work_queue.as_str().into(),
+            queue.into(),
             consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -128,7 +142,7 @@ async fn consume(
             op: "consume",
             source,
         })?;
-    info!(queue = %settings.topology.work_queue, concurrency = settings.concurrency, "worker consuming");
+    info!(queue, role = ?settings.role, concurrency = settings.concurrency, "worker consuming");
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -136,7 +150,12 @@ async fn consume(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let (settings, channel) = (settings.clone(), channel.clone());
-                    jobs.spawn(async move { delivery::handle(&settings, &channel, delivery).await });
+                    jobs.spawn(async move {
+                        match settings.role {
+                            Role::Work => delivery::handle(&settings, &channel, delivery).await,
+                            Role::DeadLetter => dead_letter::handle(&settings, &channel, delivery).await,
+                        }
+                    });
                 }
                 Some(Err(source)) => return Err(AmqpError::Broker { op: "receive", source }.into()),
                 None => return Err(WorkerError::ConsumerClosed),

@@ -97,7 +97,8 @@ async fn run_step(
 ) {
     let lease_started = Instant::now();
     let lease = match JobLease::acquire(
-        &settings.image_pool,
+        &settings.cluster,
+        &request.disk.pool,
         request.image_id,
         &settings.name,
         settings.lease_duration,
@@ -294,7 +295,10 @@ async fn retry_or_dead_letter(
             error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
         }
     }
-    reply::send(channel, request, None, Some(reply::failure(&error))).await;
+    // A job going to the full-copy fallback is answered by the dead-letter consumer.
+    if reason == DeadLetterReason::Park {
+        reply::send(channel, request, None, Some(reply::failure(&error))).await;
+    }
     dead_letter(settings, channel, delivery, state, reason).await;
 }
 

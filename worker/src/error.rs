@@ -35,6 +35,10 @@ pub enum JobError {
     ImageGone { image_id: Uuid },
     #[error("Glance image {image_id} is '{status}' with other data; refusing to touch it")]
     ImageConflict { image_id: Uuid, status: String },
+    #[error(
+        "Glance image {image_id} expects disk_format '{disk_format}', but an RBD clone is raw"
+    )]
+    NotRaw { image_id: Uuid, disk_format: String },
     #[error("flatten still running ({percent}% done)")]
     FlattenInProgress { percent: u8 },
     #[error("the job's lease was lost to another worker")]
@@ -62,6 +66,7 @@ impl JobError {
             | JobError::Glance(_)
             | JobError::Invalid(_)
             | JobError::SourceMissing { .. }
+            | JobError::NotRaw { .. }
             | JobError::ImageGone { .. }
             | JobError::ImageConflict { .. }
             | JobError::ForeignImage { .. } => Disposition::Park,

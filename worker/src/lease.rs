@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use snapq_common::rbd::{run_blocking, Pool, RbdError, RbdErrorKind};
+use snapq_common::rbd::{run_blocking, Cluster, Pool, RbdError, RbdErrorKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
@@ -14,7 +14,9 @@ const LOCK_NAME: &str = "snapq-job";
 const HELD_RETRIES: u32 = 5;
 const HELD_RETRY_DELAY: Duration = Duration::from_millis(10);
 
-/// The RADOS object that carries a job's lock, in Glance's pool.
+/// The RADOS object that carries a job's lock. It lives in the instance disk's pool, where
+/// Nova's Ceph user can always write (it may only read Glance's pool: that is a fallback
+/// case, which needs the lease too).
 pub fn lease_object(image_id: Uuid) -> String {
     format!("snapq_lease.{image_id}")
 }
@@ -38,11 +40,13 @@ pub enum LeaseError {
 impl JobLease {
     /// Takes the lease for `duration`, renewing it every third of that until released.
     pub async fn acquire(
-        pool: &Pool,
+        cluster: &Cluster,
+        pool_name: &str,
         image_id: Uuid,
         holder: &str,
         duration: Duration,
     ) -> Result<JobLease, LeaseError> {
+        let pool = &cluster.pool(pool_name).map_err(LeaseError::Ceph)?;
         let object = lease_object(image_id);
         let cookie = format!("{holder}/{}", Uuid::new_v4().simple());
         // The previous step's worker releases the lease while it publishes the checkpoint,

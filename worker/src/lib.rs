@@ -9,13 +9,15 @@
 pub mod cleanup;
 pub mod consumer;
 pub mod context;
+pub mod dead_letter;
 pub mod delivery;
 pub mod error;
 pub mod failpoint;
+pub mod fallback;
 pub mod lease;
 pub mod names;
 pub mod reply;
 pub mod steps;
 
-pub use consumer::{run_worker, WorkerSettings};
+pub use consumer::{run_worker, Role, WorkerSettings};
 pub use error::{Disposition, JobError};

@@ -7,7 +7,7 @@ use clap::Parser;
 use snapq_common::amqp::Topology;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
 use snapq_common::glance::GlanceClient;
-use snapq_worker::{run_worker, WorkerSettings};
+use snapq_worker::{run_worker, Role, WorkerSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +22,10 @@ struct Args {
     ceph: CephArgs,
     #[command(flatten)]
     glance: GlanceArgs,
+    /// Queue to serve: `work` (the fast path) or `dead-letter` (cleanup, full-copy fallback,
+    /// parking lot).
+    #[arg(long, env = "SNAPQ_ROLE", default_value = "work", value_parser = parse_role)]
+    role: Role,
     /// Jobs run at once by this worker.
     #[arg(long, env = "SNAPQ_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         GlanceClient::new(args.glance.config()).context("configuring the Glance client")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let settings = WorkerSettings {
+        role: args.role,
         amqp_url: args.amqp.url.clone(),
         topology: Topology::new(args.amqp.topology()),
         cluster,
@@ -99,4 +104,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutdown requested");
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "work" => Ok(Role::Work),
+        "dead-letter" => Ok(Role::DeadLetter),
+        other => Err(format!("expected work or dead-letter, got '{other}'")),
+    }
 }

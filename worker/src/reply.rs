@@ -8,8 +8,10 @@ use tracing::warn;
 
 use crate::error::JobError;
 
-/// How the image was made.
+/// How the image was made: inside Ceph.
 pub const METHOD_DIRECT: &str = "direct";
+/// How the image was made: a full copy through Glance.
+pub const METHOD_FALLBACK: &str = "fallback";
 
 /// The result a successful job returns to its caller.
 pub fn success_result(

@@ -8,6 +8,7 @@
 //!                 │ rejected / delivery limit reached / expired
 //!                 ▼
 //!              exchange `snapq.dlx` (direct) ──► queue `snapq.dead` (quorum)
+//!                                    dead-letter consumer: cleanup + full copy, or ──► queue `snapq.parked`
 //!
 //! retry tiers: queue `snapq.retry.<n>s` (quorum, queue-level TTL) ──expired──► `openstack`/`snapq`
 //! ```
@@ -75,6 +76,8 @@ pub struct Topology {
     pub dead_letter_exchange: String,
     pub dead_letter_routing_key: String,
     pub dead_letter_queue: String,
+    /// Jobs neither the fast path nor the fallback could finish, kept for an operator.
+    pub parked_queue: String,
     pub retry_queues: Vec<RetryQueue>,
 }
 
@@ -88,6 +91,7 @@ impl Topology {
             dead_letter_exchange: format!("{topic}.dlx"),
             dead_letter_routing_key: format!("{topic}.dead"),
             dead_letter_queue: format!("{topic}.dead"),
+            parked_queue: format!("{topic}.parked"),
             retry_queues: RETRY_TIERS
                 .iter()
                 .map(|delay| RetryQueue {
@@ -136,7 +140,11 @@ impl Topology {
 
     /// Every queue snapq declares (for tests and tooling).
     pub fn all_queues(&self) -> Vec<&str> {
-        let mut queues = vec![self.work_queue.as_str(), self.dead_letter_queue.as_str()];
+        let mut queues = vec![
+            self.work_queue.as_str(),
+            self.dead_letter_queue.as_str(),
+            self.parked_queue.as_str(),
+        ];
         queues.extend(self.retry_queues.iter().map(|q| q.name.as_str()));
         queues
     }
@@ -231,6 +239,14 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
         .map_err(AmqpError::broker("bind dead-letter queue"))?;
     channel
         .queue_declare(
+            topology.parked_queue.as_str().into(),
+            durable_queue,
+            Topology::quorum_arguments(),
+        )
+        .await
+        .map_err(AmqpError::broker("declare parking-lot queue"))?;
+    channel
+        .queue_declare(
             topology.work_queue.as_str().into(),
             durable_queue,
             topology.work_queue_arguments(),
@@ -297,7 +313,7 @@ mod tests {
             args.inner().get("x-dead-letter-routing-key"),
             Some(&long_string("snapq"))
         );
-        assert_eq!(t.all_queues().len(), 2 + RETRY_TIERS.len());
+        assert_eq!(t.all_queues().len(), 3 + RETRY_TIERS.len());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Step 1: snapshot the instance disk.
 
+use snapq_common::glance::GlanceError;
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
@@ -7,6 +8,7 @@ use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    check_glance_image_takes_raw_data(ctx).await?;
     let (source_pool, image_pool, names) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
@@ -42,4 +44,22 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         Ok(Ok(report))
     })
     .await?
+}
+
+/// An RBD clone is raw data: Glance must expect a raw image (like Nova's `is_cloneable`).
+/// Checked before anything is made, so a mismatch costs nothing to undo.
+async fn check_glance_image_takes_raw_data(ctx: &JobContext) -> Result<(), JobError> {
+    match ctx.glance.get_image(ctx.image_id).await {
+        Ok(record) => match record.disk_format.as_deref() {
+            None | Some("raw") => Ok(()),
+            Some(other) => Err(JobError::NotRaw {
+                image_id: ctx.image_id,
+                disk_format: other.to_string(),
+            }),
+        },
+        Err(GlanceError::NotFound { .. }) => Err(JobError::ImageGone {
+            image_id: ctx.image_id,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }

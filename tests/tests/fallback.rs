@@ -1,0 +1,192 @@
+//! The dead-letter consumer: full-copy fallback and the parking lot.
+
+use std::process::Command;
+use std::time::Duration;
+
+use snapq_common::glance::NewImage;
+use snapq_common::job::JobState;
+use snapq_common::message::{DiskSpec, SnapshotRequest};
+use snapq_common::rbd::run_blocking;
+use snapq_producer::Producer;
+use snapq_tests::disks::{make_disk, MIB};
+use snapq_tests::worker_harness::{glance_client, test_topology, RunningWorker};
+use snapq_tests::{cluster_as, rabbit, Services};
+use snapq_worker::Role;
+use uuid::Uuid;
+
+/// md5 of the image's bytes, through `rbd export - | md5sum` (no local file).
+fn md5_of(spec: &str) -> String {
+    let services = Services::from_env();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "rbd -c \"$0\" --id nova export \"$1\" - 2>/dev/null | md5sum",
+            &services.ceph_conf,
+            spec,
+        ])
+        .output()
+        .expect("rbd export | md5sum");
+    assert!(out.status.success(), "rbd export | md5sum failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn permission_denied_on_the_images_pool_falls_back_to_a_full_copy_of_the_same_data() {
+    let services = Services::from_env();
+    let cluster = cluster_as("nova").await;
+    let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+    let images = cluster.pool(&services.glance_pool).expect("glance pool");
+    let disk = format!("{}_disk", Uuid::new_v4());
+    make_disk(&vms, &disk, 256 * MIB, 8).await;
+
+    // Nova's user may not write to Glance's pool: the fast path cannot work.
+    let topology = test_topology("fallback-eperm");
+    let worker = RunningWorker::start_as(topology.clone(), "nova-ro", Role::Work).await;
+    let dead_letter = RunningWorker::start_as(topology.clone(), "nova-ro", Role::DeadLetter).await;
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("fallback-eperm"))
+        .await
+        .expect("image");
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+        image.id,
+        "fallback-eperm".into(),
+    );
+    let reply = producer
+        .call(request, Duration::from_secs(300))
+        .await
+        .expect("a reply");
+    assert!(reply.failure.is_none(), "{:?}", reply.failure);
+    let result = reply.result.expect("a result");
+    assert_eq!(result["method"], "fallback");
+    assert_eq!(
+        result["read_bytes"],
+        8 * 4 * MIB,
+        "only allocated data was read"
+    );
+
+    let record = glance.get_image(image.id).await.expect("image");
+    assert_eq!(record.status, "active");
+    assert_eq!(record.size, Some(256 * MIB));
+    let disk_spec = format!("{}/{disk}", services.nova_pool);
+    assert_eq!(
+        record.checksum.as_deref(),
+        Some(md5_of(&disk_spec).as_str()),
+        "same data as the disk"
+    );
+
+    let (images2, vms2, id, disk2) = (
+        images.clone(),
+        vms.clone(),
+        image.id.to_string(),
+        disk.clone(),
+    );
+    let (source_snaps, image_used, source_used) = run_blocking(move || {
+        let source = vms2.open_read_only(&disk2, None)?;
+        let stored = images2.open_read_only(&id, Some("snap"))?;
+        Ok((
+            source.snapshots()?,
+            stored.used_bytes()?,
+            source.used_bytes()?,
+        ))
+    })
+    .await
+    .expect("inspect Ceph");
+    assert!(
+        source_snaps.is_empty(),
+        "no snapshot is left on the disk: {source_snaps:?}"
+    );
+    // Glance's thin provisioning skips all-zero 8 MiB chunks: a 4 MiB extent keeps at most its
+    // 8 MiB chunk.
+    assert!(
+        image_used <= 2 * source_used,
+        "sparse: {image_used} bytes for {source_used}"
+    );
+    for queue in topology.all_queues() {
+        assert_eq!(rabbit::depth(queue).await, 0, "queue {queue} is empty");
+    }
+
+    producer.close().await;
+    worker.stop().await;
+    dead_letter.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    run_blocking(move || vms.remove_image(&disk))
+        .await
+        .expect("remove disk");
+    rabbit::delete_queues(&topology.all_queues()).await;
+}
+
+#[tokio::test]
+async fn malformed_and_permanently_failed_jobs_are_parked_with_their_reason() {
+    let services = Services::from_env();
+    let topology = test_topology("fallback-park");
+    let worker = RunningWorker::start_as(topology.clone(), "nova", Role::Work).await;
+    let dead_letter = RunningWorker::start_as(topology.clone(), "nova", Role::DeadLetter).await;
+    let (_connection, channel) = rabbit::channel().await;
+    let poison = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"drop_tables\", \"args\": {}}"}"#;
+    snapq_common::amqp::publish_confirmed(
+        &channel,
+        &topology.request_exchange,
+        &topology.request_routing_key,
+        poison,
+        snapq_common::amqp::oslo_properties(),
+    )
+    .await
+    .expect("publish");
+    let parked = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
+        .await
+        .expect("the malformed message is parked");
+    assert_eq!(parked.delivery.data, poison.to_vec(), "kept as sent");
+    let state =
+        JobState::from_headers(parked.delivery.properties.headers().as_ref()).expect("headers");
+    assert_eq!(state.reason.as_deref(), Some("malformed"));
+    assert!(state.last_error.unwrap_or_default().contains("drop_tables"));
+
+    // A request for a disk that does not exist fails for good: parked, with its history.
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("fallback-park"))
+        .await
+        .expect("image");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(
+            services.nova_pool.clone(),
+            format!("{}_disk", Uuid::new_v4()),
+        )
+        .expect("disk"),
+        image.id,
+        "fallback-park".into(),
+    );
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    producer.cast(&request).await.expect("publish");
+    let parked = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
+        .await
+        .expect("the failed job is parked");
+    let state =
+        JobState::from_headers(parked.delivery.properties.headers().as_ref()).expect("headers");
+    assert_eq!(state.reason.as_deref(), Some("park"));
+    assert!(state
+        .last_error
+        .unwrap_or_default()
+        .contains("does not exist"));
+    assert!(
+        !state.history.is_empty(),
+        "the attempt history travels with the job"
+    );
+
+    producer.close().await;
+    worker.stop().await;
+    dead_letter.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    rabbit::delete_queues(&topology.all_queues()).await;
+}

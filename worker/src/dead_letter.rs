@@ -1,0 +1,189 @@
+//! The dead-letter consumer: takes jobs the fast path gave up on. For a fallback reason (or
+//! exhausted retries) it removes what the fast path left, per the recorded state, and makes
+//! the image by a full copy; anything it cannot finish goes to the parking lot with its
+//! reason, history and last error, for an operator to inspect and replay.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::Channel;
+use snapq_common::amqp::{oslo_properties, publish_confirmed};
+use snapq_common::job::{now_ms, HistoryEntry, JobState};
+use snapq_common::message::SnapshotRequest;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::consumer::WorkerSettings;
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::lease::{JobLease, LeaseError};
+use crate::{cleanup, fallback, reply};
+
+/// Reasons the dead-letter consumer makes a full copy for; others are parked at once.
+const FALLBACK_REASONS: [&str; 2] = ["fallback", "retries-exhausted"];
+
+pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
+    let decoded = SnapshotRequest::decode(&delivery.data)
+        .map_err(|e| e.to_string())
+        .and_then(|request| {
+            let state = JobState::from_headers(delivery.properties.headers().as_ref())
+                .map_err(|e| e.to_string())?;
+            Ok((request, state))
+        });
+    let (request, mut state) = match decoded {
+        Ok(decoded) => decoded,
+        Err(detail) => {
+            error!(error = %detail, "parking a malformed message");
+            let state = JobState {
+                reason: Some("malformed".into()),
+                last_error: Some(detail),
+                ..JobState::fresh()
+            };
+            park(settings, channel, &delivery, &state).await;
+            return;
+        }
+    };
+    let job_id = state
+        .job_id
+        .clone()
+        .unwrap_or_else(|| request.unique_id.clone());
+    let span = info_span!("job", %job_id, image_id = %request.image_id, role = "dead-letter");
+    async {
+        let reason = state.reason.clone().unwrap_or_else(|| "unknown".into());
+        if !FALLBACK_REASONS.contains(&reason.as_str()) {
+            warn!(%reason, error = state.last_error.as_deref().unwrap_or(""), "parking the job");
+            park(settings, channel, &delivery, &state).await;
+            return;
+        }
+        // One line an operator can act on: why the fast path was not used.
+        warn!(
+            %reason,
+            cause = state.last_error.as_deref().unwrap_or("unknown"),
+            disk = %request.disk,
+            "falling back to a full copy"
+        );
+        let lease = match JobLease::acquire(
+            &settings.cluster,
+            &request.disk.pool,
+            request.image_id,
+            &settings.name,
+            settings.lease_duration,
+        )
+        .await
+        {
+            Ok(lease) => lease,
+            Err(LeaseError::Held) => {
+                info!("another worker holds the job's lease; trying again shortly");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+                return;
+            }
+            Err(LeaseError::Ceph(e)) => {
+                error!(error = %e, "cannot take the job's lease; parking the job");
+                let e = JobError::Ceph(e);
+                state.last_error = Some(e.to_string());
+                state.reason = Some("fallback-failed".into());
+                reply::send(channel, &request, None, Some(reply::failure(&e))).await;
+                park(settings, channel, &delivery, &state).await;
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let result = run_fallback(settings, &request).await;
+        lease.release(result.is_ok()).await;
+        let took = started.elapsed();
+        match result {
+            Ok(report) => {
+                state.record(HistoryEntry {
+                    step: "full_copy".into(),
+                    worker: settings.name.clone(),
+                    at_ms: now_ms(),
+                    seconds: took.as_secs_f64(),
+                    did: if report.is_some() {
+                        "done"
+                    } else {
+                        "already-done"
+                    }
+                    .into(),
+                });
+                let seconds = state
+                    .started_ms
+                    .map(|s| now_ms().saturating_sub(s) as f64 / 1000.0)
+                    .unwrap_or(took.as_secs_f64());
+                let mut result = reply::success_result(&request, seconds, &state);
+                result["method"] = reply::METHOD_FALLBACK.into();
+                if let Some(report) = report {
+                    result["read_bytes"] = report.read.into();
+                }
+                reply::send(channel, &request, Some(result), None).await;
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                error!(error = %e, "the full copy failed too; parking the job");
+                state.last_error = Some(e.to_string());
+                state.reason = Some("fallback-failed".into());
+                reply::send(channel, &request, None, Some(reply::failure(&e))).await;
+                park(settings, channel, &delivery, &state).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_fallback(
+    settings: &WorkerSettings,
+    request: &SnapshotRequest,
+) -> Result<Option<fallback::CopyReport>, JobError> {
+    let ctx = JobContext::new(
+        request,
+        &settings.cluster,
+        &settings.image_pool,
+        &settings.glance,
+        settings.active_timeout,
+        settings.flatten_hold,
+        settings.flatten_in_process_below,
+    )?;
+    cleanup::remove_partial_state(&ctx).await?;
+    let copied = fallback::full_copy(&ctx).await;
+    if copied.is_err() {
+        // Leave nothing behind; the Glance image stays queued, ready for a replay.
+        if let Err(e) = fallback::remove_fallback_snapshot(&ctx).await {
+            warn!(error = %e, "could not remove the fallback snapshot");
+        }
+    }
+    copied
+}
+
+/// Moves the job to the parking lot (confirmed), then acknowledges it here.
+async fn park(settings: &WorkerSettings, channel: &Channel, delivery: &Delivery, state: &JobState) {
+    let parked = publish_confirmed(
+        channel,
+        "",
+        &settings.topology.parked_queue,
+        &delivery.data,
+        oslo_properties().with_headers(state.to_headers()),
+    )
+    .await;
+    match parked {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            // Keep it in the dead-letter queue rather than lose it.
+            warn!(error = %e, "could not park the job; leaving it in the dead-letter queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The full-copy fallback, for when the fast path cannot work (no write access to Glance's
+//! pool, Glance refusing the location, a non-raw image, retries exhausted): a fresh snapshot
+//! of the instance disk is streamed straight from librbd into Glance's `PUT /file`, never
+//! touching local disk, reading only allocated data and synthesising the zero runs.
+
+mod extents;
+mod stream;
+
+use std::time::{Duration, Instant};
+
+use snapq_common::glance::GlanceError;
+use snapq_common::rbd::run_blocking;
+use tracing::info;
+
+use crate::context::JobContext;
+use crate::error::JobError;
+
+/// Prefix of the consistency snapshot the fallback reads from.
+pub const FALLBACK_SNAPSHOT_PREFIX: &str = "snapq-fallback-";
+
+/// What a full copy did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CopyReport {
+    pub size: u64,
+    /// Bytes read from Ceph (allocated data); the rest was synthesised zeros.
+    pub read: u64,
+    pub seconds: f64,
+}
+
+/// Copies the disk into the (queued) Glance image and waits until it is active. Idempotent:
+/// an image that is already active is left alone; the fallback snapshot is removed either way.
+pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError> {
+    let record = match ctx.glance.get_image(ctx.image_id).await {
+        Ok(record) => record,
+        Err(GlanceError::NotFound { .. }) => {
+            return Err(JobError::ImageGone {
+                image_id: ctx.image_id,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if record.is_active() {
+        remove_fallback_snapshot(ctx).await?;
+        return Ok(None);
+    }
+    if record.status != "queued" {
+        return Err(JobError::ImageConflict {
+            image_id: ctx.image_id,
+            status: record.status,
+        });
+    }
+    let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
+    let (pool, disk, snap) = (
+        ctx.source_pool.clone(),
+        ctx.names.source.image.clone(),
+        snapshot.clone(),
+    );
+    let extents = run_blocking(move || {
+        let mut image = match pool.open(&disk) {
+            Ok(image) => image,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !image.snap_exists(&snap)? {
+            image.create_snap(&snap)?;
+        }
+        let at_snapshot = pool.open_read_only(&disk, Some(&snap))?;
+        Ok(Ok(extents::allocated(&at_snapshot)?))
+    })
+    .await?;
+    let extents = match extents {
+        Ok(extents) => extents,
+        Err(e) if e.is_not_found() => {
+            return Err(JobError::SourceMissing {
+                disk: ctx.names.source.to_string(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let started = Instant::now();
+    let read = extents.allocated_bytes();
+    let size = extents.size;
+    info!(
+        size,
+        allocated = read,
+        "full copy: streaming the disk into Glance"
+    );
+    let body = stream::body(
+        ctx.source_pool.clone(),
+        ctx.names.source.image.clone(),
+        snapshot,
+        extents,
+    );
+    ctx.glance.upload(ctx.image_id, body, Some(size)).await?;
+    ctx.glance
+        .wait_active(ctx.image_id, ctx.active_timeout, Duration::from_millis(200))
+        .await?;
+    remove_fallback_snapshot(ctx).await?;
+    let report = CopyReport {
+        size,
+        read,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    info!(seconds = report.seconds, "full copy done: image is active");
+    Ok(Some(report))
+}
+
+/// Removes the fallback's consistency snapshot if it is there.
+pub async fn remove_fallback_snapshot(ctx: &JobContext) -> Result<(), JobError> {
+    let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
+    let (pool, disk) = (ctx.source_pool.clone(), ctx.names.source.image.clone());
+    run_blocking(move || {
+        let mut image = match pool.open(&disk) {
+            Ok(image) => image,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if image.snap_exists(&snapshot)? {
+            match image.remove_snap(&snapshot) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}

@@ -230,10 +230,12 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 if chosen.is_empty() {
                     bail!("no parked job {}", id.as_deref().unwrap_or(""));
                 }
+                let mut refused = 0;
                 for job in chosen {
                     let job_id = job.id();
                     let Some(request) = job.request.clone() else {
                         eprintln!("{job_id}: not a valid request; it stays parked (purge it instead)");
+                        refused += 1;
                         parked.push(job);
                         continue;
                     };
@@ -246,13 +248,18 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                         }
                         Ok(false) => {
                             eprintln!("{job_id}: cannot replay: the source disk {} no longer exists; it stays parked", request.disk);
+                            refused += 1;
                             parked.push(job);
                         }
                         Err(e) => {
                             eprintln!("{job_id}: cannot check the source disk {}: {e}; it stays parked", request.disk);
+                            refused += 1;
                             parked.push(job);
                         }
                     }
+                }
+                if refused > 0 {
+                    bail!("{refused} job(s) could not be replayed");
                 }
             }
             JobsAction::Purge { id } => {

@@ -353,10 +353,15 @@ pub mod worker_process {
 
     /// The worker binary `cargo build --workspace --bins` made (dev/test builds it first).
     pub fn worker_binary() -> PathBuf {
+        binary("snapq-worker")
+    }
+
+    /// A binary of the workspace, built by `cargo build --workspace --bins`.
+    pub fn binary(name: &str) -> PathBuf {
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        let binary = target.join("debug/snapq-worker");
+        let binary = target.join("debug").join(name);
         assert!(
             binary.exists(),
             "{} is missing: run `cargo build --workspace --bins` first (dev/test does)",
@@ -378,6 +383,11 @@ pub mod worker_process {
                 .into_iter()
                 .collect();
             WorkerProcess::spawn_with(topology, name, &env)
+        }
+
+        /// Starts a dead-letter consumer (cleanup, full copy, parking lot).
+        pub fn spawn_dead_letter(topology: &Topology, name: &str) -> WorkerProcess {
+            WorkerProcess::spawn_with(topology, name, &[("SNAPQ_ROLE", "dead-letter")])
         }
 
         /// Starts a worker with extra environment settings. Flattens go through the Ceph

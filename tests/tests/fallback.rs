@@ -190,3 +190,109 @@ async fn malformed_and_permanently_failed_jobs_are_parked_with_their_reason() {
     glance.delete_image(image.id).await.expect("delete image");
     rabbit::delete_queues(&topology.all_queues()).await;
 }
+
+/// Bodies no worker can use: each must be parked at once, kept as sent, with the field named.
+fn poison_set() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let inner = |args: &str| -> Vec<u8> {
+        let message = format!(
+            r#"{{"method": "snapshot_instance", "args": {args}, "_unique_id": "53e413643f1445e4a93b284bb4bf83cb"}}"#
+        );
+        serde_json::to_vec(&serde_json::json!({"oslo.version": "2.0", "oslo.message": message}))
+            .expect("json")
+    };
+    let image = r#""image_id": "0b5e7f3c-2222-4d5e-8f90-000000000002", "image_name": "x""#;
+    vec![
+        ("not json", b"{not json".to_vec(), "JSON"),
+        ("no envelope", br#"{"method": "snapshot_instance"}"#.to_vec(), "oslo"),
+        ("old envelope version", br#"{"oslo.version": "1.0", "oslo.message": "{}"}"#.to_vec(), "1.0"),
+        ("missing disk", inner(r#"{}"#), "args.disk"),
+        (
+            "unknown method",
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"drop_tables\", \"args\": {}}"}"#.to_vec(),
+            "drop_tables",
+        ),
+        ("oversize body", vec![b' '; 70 * 1024], "limit"),
+        ("slash in image", inner(&format!(r#"{{"disk": "vms/a/b", {image}}}"#)), "args.disk"),
+        ("@ in image", inner(&format!(r#"{{"disk": "vms/a@b", {image}}}"#)), "args.disk"),
+        ("control character", inner(&format!(r#"{{"disk": "vms/a\u0007b", {image}}}"#)), "args.disk"),
+        ("over-long name", inner(&format!(r#"{{"disk": "vms/{}", {image}}}"#, "a".repeat(200))), "args.disk"),
+        ("missing image id", inner(r#"{"disk": "vms/a", "image_name": "x"}"#), "args.image_id"),
+    ]
+}
+
+#[tokio::test]
+async fn poison_messages_are_parked_at_once_naming_the_problem() {
+    let services = Services::from_env();
+    let topology = test_topology("fallback-poison");
+    let worker = RunningWorker::start_as(topology.clone(), "nova", Role::Work).await;
+    let dead_letter = RunningWorker::start_as(topology.clone(), "nova", Role::DeadLetter).await;
+    let (_connection, channel) = rabbit::channel().await;
+    let poison = poison_set();
+    for (_, body, _) in &poison {
+        snapq_common::amqp::publish_confirmed(
+            &channel,
+            &topology.request_exchange,
+            &topology.request_routing_key,
+            body,
+            snapq_common::amqp::oslo_properties(),
+        )
+        .await
+        .expect("publish");
+    }
+    let mut parked = Vec::new();
+    while parked.len() < poison.len() {
+        let message = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "only {} of {} poison messages were parked",
+                    parked.len(),
+                    poison.len()
+                )
+            });
+        parked.push(message);
+    }
+    for (what, body, mentions) in &poison {
+        let message = parked
+            .iter()
+            .find(|m| &m.delivery.data == body)
+            .unwrap_or_else(|| panic!("{what}: not parked as sent"));
+        let state = JobState::from_headers(message.delivery.properties.headers().as_ref())
+            .expect("headers");
+        assert_eq!(state.reason.as_deref(), Some("malformed"), "{what}");
+        let error = state.last_error.unwrap_or_default();
+        assert!(
+            error.contains(mentions),
+            "{what}: '{error}' does not mention {mentions}"
+        );
+    }
+    // The workers are still serving: a valid request for a missing disk is answered.
+    let glance = glance_client(&services.glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("fallback-poison"))
+        .await
+        .expect("image");
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(
+            services.nova_pool.clone(),
+            format!("{}_disk", Uuid::new_v4()),
+        )
+        .expect("disk"),
+        image.id,
+        "fallback-poison".into(),
+    );
+    let reply = producer
+        .call(request, Duration::from_secs(60))
+        .await
+        .expect("a reply");
+    assert!(reply.failure.is_some());
+
+    producer.close().await;
+    worker.stop().await;
+    dead_letter.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    rabbit::delete_queues(&topology.all_queues()).await;
+}

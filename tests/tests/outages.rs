@@ -10,6 +10,7 @@ use std::time::Duration;
 use snapq_common::rbd::run_blocking;
 use snapq_tests::job_fixture::Job;
 use snapq_tests::worker_process::WorkerProcess;
+use snapq_tests::{rabbit, Services};
 
 /// These tests stop shared services: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -125,5 +126,112 @@ async fn sigterm_mid_job_exits_cleanly_and_loses_nothing() {
         second.log_text()
     );
     job.assert_converged().await;
+    job.clean_up().await;
+}
+
+/// Runs `snapq jobs ...` against the job's topology; returns (success, stdout + stderr).
+fn snapq_jobs(job: &Job, args: &[&str]) -> (bool, String) {
+    let services = Services::from_env();
+    let output = Command::new(snapq_tests::worker_process::binary("snapq"))
+        .arg("jobs")
+        .args(args)
+        .env("SNAPQ_AMQP_URL", &services.amqp_url)
+        .env("SNAPQ_TOPIC", &job.topology.config.topic)
+        .env(
+            "SNAPQ_DELIVERY_LIMIT",
+            job.topology.config.delivery_limit.to_string(),
+        )
+        .env("SNAPQ_CEPH_CONF", &services.ceph_conf)
+        .env("SNAPQ_CEPH_USER", "nova")
+        .output()
+        .expect("run snapq jobs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+async fn wait_for_depth(queue: &str, depth: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while rabbit::depth(queue).await != depth {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue {queue} never held {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn failed_fallback_is_parked_and_replays_once_glance_is_back() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let job = Job::new("replay", 64, 4).await;
+    // Nova's user cannot write to Glance's pool: the fast path dead-letters the job.
+    let mut worker =
+        WorkerProcess::spawn_with(&job.topology, "worker", &[("SNAPQ_CEPH_USER", "nova-ro")]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    job.publish(&job.request).await;
+    wait_for_depth(&job.topology.dead_letter_queue, 1).await;
+
+    // The full copy fails too (Glance is down): the job is parked.
+    dev_script(&["dev/down", "glance"]);
+    let mut dead_letter = WorkerProcess::spawn_dead_letter(&job.topology, "dead-letter");
+    wait_for_depth(&job.topology.parked_queue, 1).await;
+    dev_script(&["dev/up", "glance"]);
+
+    let job_id = job.request.unique_id.clone();
+    let (ok, listing) = snapq_jobs(&job, &["list"]);
+    assert!(
+        ok && listing.contains(&job_id) && listing.contains("fallback-failed"),
+        "{listing}"
+    );
+    assert_eq!(
+        rabbit::depth(&job.topology.parked_queue).await,
+        1,
+        "listing keeps the job parked"
+    );
+    let (ok, shown) = snapq_jobs(&job, &["show", &job_id]);
+    assert!(ok && shown.contains("last error"), "{shown}");
+
+    let (ok, replayed) = snapq_jobs(&job, &["replay", &job_id, "--mode", "fallback"]);
+    assert!(ok, "{replayed}");
+    job.wait_active().await;
+    job.wait_queues_empty().await;
+    assert!(worker.terminate(Duration::from_secs(60)).await.success());
+    assert!(dead_letter
+        .terminate(Duration::from_secs(60))
+        .await
+        .success());
+    let record = job.glance.get_image(job.image_id).await.expect("image");
+    assert_eq!(record.size, Some(64 * 1024 * 1024));
+
+    // A parked job whose disk is gone cannot be replayed, and says why.
+    let orphan = Job::new("replay-orphan", 8, 1).await;
+    let mut worker = WorkerProcess::spawn(&orphan.topology, "worker", None);
+    let mut dead_letter = WorkerProcess::spawn_dead_letter(&orphan.topology, "dead-letter");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (vms, disk) = (orphan.vms.clone(), orphan.disk.clone());
+    run_blocking(move || vms.remove_image(&disk))
+        .await
+        .expect("remove the disk");
+    orphan.publish(&orphan.request).await;
+    wait_for_depth(&orphan.topology.parked_queue, 1).await;
+    let (ok, refused) = snapq_jobs(&orphan, &["replay", &orphan.request.unique_id]);
+    assert!(!ok, "replaying a job without its disk fails");
+    assert!(refused.contains("no longer exists"), "{refused}");
+    assert_eq!(
+        rabbit::depth(&orphan.topology.parked_queue).await,
+        1,
+        "it stays parked"
+    );
+    let (ok, purged) = snapq_jobs(&orphan, &["purge", &orphan.request.unique_id]);
+    assert!(ok, "{purged}");
+    assert_eq!(rabbit::depth(&orphan.topology.parked_queue).await, 0);
+    assert!(worker.terminate(Duration::from_secs(60)).await.success());
+    assert!(dead_letter
+        .terminate(Duration::from_secs(60))
+        .await
+        .success());
+    let _ = orphan.glance.delete_image(orphan.image_id).await;
+    rabbit::delete_queues(&orphan.topology.all_queues()).await;
     job.clean_up().await;
 }

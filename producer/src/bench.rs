@@ -12,8 +12,8 @@ use snapq_common::rbd::{run_blocking, Cluster, Pool};
 
 use crate::Producer;
 
-const MIB: u64 = 1024 * 1024;
-const EXTENT: u64 = 4 * MIB;
+pub(crate) const MIB: u64 = 1024 * 1024;
+pub(crate) const EXTENT: u64 = 4 * MIB;
 
 pub struct BenchConfig {
     pub disk_gib: u64,
@@ -93,7 +93,12 @@ pub async fn run(
     Ok(())
 }
 
-async fn make_disk(pool: &Pool, name: &str, size: u64, extents: u64) -> anyhow::Result<()> {
+pub(crate) async fn make_disk(
+    pool: &Pool,
+    name: &str,
+    size: u64,
+    extents: u64,
+) -> anyhow::Result<()> {
     let (pool, name) = (pool.clone(), name.to_string());
     run_blocking(move || {
         pool.create_image(&name, size)?;
@@ -187,7 +192,7 @@ async fn through_snapq(
     Ok((seconds, queued_seconds - in_steps, image.id))
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {

@@ -1,6 +1,7 @@
 //! Publishing snapshot requests, as oslo.messaging's `cast` and `call` do.
 
 pub mod bench;
+pub mod bench_fallback;
 pub mod jobs;
 
 use std::time::Duration;
@@ -62,7 +63,31 @@ impl Producer {
     /// vanish from the work queue because its caller stopped waiting).
     pub async fn call(
         &self,
+        request: SnapshotRequest,
+        timeout: Duration,
+    ) -> Result<RpcReply, ProducerError> {
+        let (exchange, routing_key) = (
+            self.topology.request_exchange.clone(),
+            self.topology.request_routing_key.clone(),
+        );
+        self.call_via(
+            request,
+            &exchange,
+            &routing_key,
+            FieldTable::default(),
+            timeout,
+        )
+        .await
+    }
+
+    /// Like [`call`](Self::call), but published to `exchange` with `headers` (tooling: a
+    /// job sent straight to the dead-letter consumer's full copy).
+    pub async fn call_via(
+        &self,
         mut request: SnapshotRequest,
+        exchange: &str,
+        routing_key: &str,
+        headers: FieldTable,
         timeout: Duration,
     ) -> Result<RpcReply, ProducerError> {
         let reply_queue = format!("reply_{}", uuid::Uuid::new_v4().simple());
@@ -99,7 +124,14 @@ impl Producer {
             msg_id: msg_id.clone(),
             reply_queue,
         });
-        self.cast(&request).await?;
+        publish_confirmed(
+            &self.channel,
+            exchange,
+            routing_key,
+            &request.encode(),
+            oslo_properties().with_headers(headers),
+        )
+        .await?;
         let wait = async {
             while let Some(delivery) = replies.next().await {
                 let delivery = delivery.map_err(|source| AmqpError::Broker {

@@ -72,6 +72,13 @@ struct BenchArgs {
     /// Runs of each path.
     #[arg(long, default_value_t = 2)]
     runs: u32,
+    /// Benchmark the full-copy fallback (against `rbd export - | curl -T -`) instead of the
+    /// direct path; needs a dead-letter worker.
+    #[arg(long)]
+    fallback: bool,
+    /// Pid of the dead-letter worker, to report its peak memory.
+    #[arg(long)]
+    worker_pid: Option<u32>,
     /// Pool of the instance disks.
     #[arg(long, env = "SNAPQ_NOVA_POOL", default_value = "vms")]
     nova_pool: String,
@@ -180,6 +187,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         amqp_url: args.amqp.url.clone(),
         topology: Topology::new(args.amqp.topology()),
     };
+    if args.fallback {
+        let extra = snapq_producer::bench_fallback::FallbackBench {
+            glance_url: args.glance.url.clone(),
+            ceph_conf: args.ceph.conf.clone(),
+            ceph_user: args.ceph.user.clone(),
+            worker_pid: args.worker_pid,
+        };
+        return snapq_producer::bench_fallback::run(config, extra, cluster, glance).await;
+    }
     snapq_producer::bench::run(config, cluster, glance).await
 }
 

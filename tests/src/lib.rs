@@ -155,6 +155,17 @@ pub mod worker_harness {
 
         /// Starts a worker in `role`.
         pub async fn start_as(topology: Topology, ceph_user: &str, role: Role) -> RunningWorker {
+            let glance_url = Services::from_env().glance_url;
+            RunningWorker::start_with_glance(topology, ceph_user, role, &glance_url).await
+        }
+
+        /// Starts a worker in `role` talking to the Glance at `glance_url`.
+        pub async fn start_with_glance(
+            topology: Topology,
+            ceph_user: &str,
+            role: Role,
+            glance_url: &str,
+        ) -> RunningWorker {
             // The worker's logs, shown with a failing test's output.
             let _ = tracing_subscriber::fmt()
                 .with_test_writer()
@@ -171,7 +182,7 @@ pub mod worker_harness {
                 topology: topology.clone(),
                 cluster,
                 image_pool,
-                glance: glance_client(&services.glance_url),
+                glance: glance_client(glance_url),
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
                 flatten_hold: Duration::from_secs(60),

@@ -296,3 +296,67 @@ async fn poison_messages_are_parked_at_once_naming_the_problem() {
     glance.delete_image(image.id).await.expect("delete image");
     rabbit::delete_queues(&topology.all_queues()).await;
 }
+
+#[tokio::test]
+async fn glance_refusing_the_location_without_the_service_role_falls_back_to_a_full_copy() {
+    let services = Services::from_env();
+    let glance_url = snapq_tests::setting("SNAPQ_GLANCE_NO_SERVICE_URL");
+    let cluster = cluster_as("nova").await;
+    let vms = cluster.pool(&services.nova_pool).expect("nova pool");
+    let disk = format!("{}_disk", Uuid::new_v4());
+    make_disk(&vms, &disk, 64 * MIB, 4).await;
+
+    let topology = test_topology("fallback-no-service");
+    let worker =
+        RunningWorker::start_with_glance(topology.clone(), "nova", Role::Work, &glance_url).await;
+    let dead_letter =
+        RunningWorker::start_with_glance(topology.clone(), "nova", Role::DeadLetter, &glance_url)
+            .await;
+    let glance = glance_client(&glance_url);
+    let image = glance
+        .create_image(&NewImage::raw("fallback-no-service"))
+        .await
+        .expect("image");
+    let producer = Producer::connect(&services.amqp_url, topology.clone())
+        .await
+        .expect("producer");
+    let request = SnapshotRequest::new(
+        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
+        image.id,
+        "fallback-no-service".into(),
+    );
+    let reply = producer
+        .call(request, Duration::from_secs(120))
+        .await
+        .expect("a reply");
+    assert!(reply.failure.is_none(), "{:?}", reply.failure);
+    let result = reply.result.expect("a result");
+    assert_eq!(result["method"], "fallback", "{result}");
+    let history = result["history"].to_string();
+    assert!(
+        history.contains("publish_image"),
+        "the fast path got as far as registering: {history}"
+    );
+
+    let record = glance.get_image(image.id).await.expect("image");
+    assert_eq!(record.status, "active");
+    let disk_spec = format!("{}/{disk}", services.nova_pool);
+    assert_eq!(
+        record.checksum.as_deref(),
+        Some(md5_of(&disk_spec).as_str())
+    );
+    let (vms2, disk2) = (vms.clone(), disk.clone());
+    let snaps = run_blocking(move || vms2.open_read_only(&disk2, None)?.snapshots())
+        .await
+        .expect("inspect the disk");
+    assert!(snaps.is_empty(), "no snapshot left: {snaps:?}");
+
+    producer.close().await;
+    worker.stop().await;
+    dead_letter.stop().await;
+    glance.delete_image(image.id).await.expect("delete image");
+    run_blocking(move || vms.remove_image(&disk))
+        .await
+        .expect("remove disk");
+    rabbit::delete_queues(&topology.all_queues()).await;
+}

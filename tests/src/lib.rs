@@ -187,6 +187,7 @@ pub mod worker_harness {
                 active_timeout: Duration::from_secs(60),
                 flatten_hold: Duration::from_secs(60),
                 flatten_in_process_below: 1 << 30,
+                glance_store_fsid: None,
                 lease_duration: Duration::from_secs(6),
                 max_attempts: 3,
                 shutdown_grace: Duration::from_secs(30),

@@ -146,3 +146,34 @@ async fn long_flatten_is_checkpointed_with_its_progress_and_completes() {
     job.assert_converged().await;
     job.clean_up().await;
 }
+
+#[tokio::test]
+async fn disk_in_another_cluster_than_glances_store_goes_straight_to_the_full_copy() {
+    let job = Job::new("other-cluster", 64, 4).await;
+    let mut worker = WorkerProcess::spawn_with(
+        &job.topology,
+        "worker",
+        &[(
+            "SNAPQ_GLANCE_STORE_FSID",
+            "00000000-0000-4000-8000-000000000000",
+        )],
+    );
+    let mut dead_letter = WorkerProcess::spawn_dead_letter(&job.topology, "dead-letter");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    job.publish(&job.request).await;
+    job.wait_active().await;
+    job.wait_queues_empty().await;
+    assert!(worker.terminate(Duration::from_secs(60)).await.success());
+    assert!(dead_letter
+        .terminate(Duration::from_secs(60))
+        .await
+        .success());
+    let log = dead_letter.log_text();
+    assert!(log.contains("falling back to a full copy"), "{log}");
+    assert!(
+        log.contains("Glance stores images in cluster 00000000"),
+        "{log}"
+    );
+    assert!(log.contains("full copy done"), "{log}");
+    job.clean_up().await;
+}

@@ -46,6 +46,9 @@ pub struct WorkerSettings {
     /// Clones whose source holds less than this many bytes are flattened in the worker;
     /// bigger ones by a Ceph manager task.
     pub flatten_in_process_below: u64,
+    /// The fsid of the cluster Glance's rbd store uses; a disk in another cluster cannot be
+    /// cloned into it, so such jobs go straight to the full copy. None: assume the same.
+    pub glance_store_fsid: Option<String>,
     /// Lifetime of a job's lease; renewed every third of it.
     pub lease_duration: Duration,
     /// Attempts at one step before a transient failure dead-letters the job.

@@ -18,6 +18,8 @@ pub struct JobContext {
     pub image_id: Uuid,
     pub names: ArtifactNames,
     pub fsid: String,
+    /// The fsid of the cluster Glance's rbd store uses, when configured.
+    pub glance_store_fsid: Option<String>,
     pub cluster: Cluster,
     /// The pool holding the instance disk.
     pub source_pool: Pool,
@@ -48,6 +50,7 @@ impl JobContext {
             image_id: request.image_id,
             names: ArtifactNames::for_request(request, image_pool.name()),
             fsid: cluster.fsid().to_string(),
+            glance_store_fsid: None,
             cluster: cluster.clone(),
             source_pool,
             image_pool: image_pool.clone(),

@@ -255,7 +255,7 @@ fn history(settings: &WorkerSettings, step: Step, took: Duration, did: &str) -> 
 }
 
 fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobContext, JobError> {
-    JobContext::new(
+    let mut ctx = JobContext::new(
         request,
         &settings.cluster,
         &settings.image_pool,
@@ -263,7 +263,9 @@ fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobCo
         settings.active_timeout,
         settings.flatten_hold,
         settings.flatten_in_process_below,
-    )
+    )?;
+    ctx.glance_store_fsid = settings.glance_store_fsid.clone();
+    Ok(ctx)
 }
 
 async fn retry_or_dead_letter(

@@ -39,6 +39,11 @@ pub enum JobError {
         "Glance image {image_id} expects disk_format '{disk_format}', but an RBD clone is raw"
     )]
     NotRaw { image_id: Uuid, disk_format: String },
+    #[error("the instance disk is in cluster {disk_fsid} but Glance stores images in cluster {store_fsid}")]
+    DifferentCluster {
+        disk_fsid: String,
+        store_fsid: String,
+    },
     #[error("flatten still running ({percent}% done)")]
     FlattenInProgress { percent: u8 },
     #[error("the job's lease was lost to another worker")]
@@ -58,6 +63,7 @@ impl JobError {
             JobError::Ceph(e) if e.is_transient() => Disposition::Retry,
             JobError::Ceph(e) if e.is_fallback_reason() => Disposition::Fallback,
             JobError::Glance(e) if e.refuses_location() => Disposition::Fallback,
+            JobError::DifferentCluster { .. } => Disposition::Fallback,
             JobError::Glance(e) if e.is_transient() => Disposition::Retry,
             JobError::Amqp(_) | JobError::FlattenInProgress { .. } | JobError::LeaseLost => {
                 Disposition::Retry

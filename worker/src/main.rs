@@ -40,6 +40,10 @@ struct Args {
     /// itself (fastest); bigger ones by a Ceph manager task (survives the worker, polled).
     #[arg(long, env = "SNAPQ_FLATTEN_IN_PROCESS_BELOW_GIB", default_value_t = 16)]
     flatten_in_process_below_gib: u64,
+    /// fsid of the cluster Glance's rbd store uses; jobs for disks in another cluster go
+    /// straight to the full copy. Unset: Glance's store is taken to be this cluster.
+    #[arg(long, env = "SNAPQ_GLANCE_STORE_FSID")]
+    glance_store_fsid: Option<String>,
     /// Seconds a job's lease lasts without renewal (it is renewed every third of that).
     #[arg(long, env = "SNAPQ_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     lease_seconds: u64,
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         active_timeout: Duration::from_secs(args.active_timeout),
         flatten_hold: Duration::from_secs(args.flatten_hold),
         flatten_in_process_below: args.flatten_in_process_below_gib.saturating_mul(1 << 30),
+        glance_store_fsid: args.glance_store_fsid.clone(),
         lease_duration: Duration::from_secs(args.lease_seconds),
         max_attempts: args.max_attempts,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),

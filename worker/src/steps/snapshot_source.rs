@@ -8,6 +8,14 @@ use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    if let Some(store_fsid) = &ctx.glance_store_fsid {
+        if store_fsid != &ctx.fsid {
+            return Err(JobError::DifferentCluster {
+                disk_fsid: ctx.fsid.clone(),
+                store_fsid: store_fsid.clone(),
+            });
+        }
+    }
     check_glance_image_takes_raw_data(ctx).await?;
     let (source_pool, image_pool, names) = (
         ctx.source_pool.clone(),

@@ -23,13 +23,7 @@ use crate::{cleanup, fallback, reply};
 const FALLBACK_REASONS: [&str; 2] = ["fallback", "retries-exhausted"];
 
 pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let decoded = SnapshotRequest::decode(&delivery.data)
-        .map_err(|e| e.to_string())
-        .and_then(|request| {
-            let state = JobState::from_headers(delivery.properties.headers().as_ref())
-                .map_err(|e| e.to_string())?;
-            Ok((request, state))
-        });
+    let decoded = crate::delivery::decode_job(&delivery);
     let (request, mut state) = match decoded {
         Ok(decoded) => decoded,
         Err(detail) => {

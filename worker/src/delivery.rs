@@ -42,14 +42,17 @@ impl DeadLetterReason {
     }
 }
 
+/// The request and its job state from a delivery, or why they cannot be read (an error that
+/// names the field or header).
+pub(crate) fn decode_job(delivery: &Delivery) -> Result<(SnapshotRequest, JobState), String> {
+    let request = SnapshotRequest::decode(&delivery.data).map_err(|e| e.to_string())?;
+    let state = JobState::from_headers(delivery.properties.headers().as_ref())
+        .map_err(|e| e.to_string())?;
+    Ok((request, state))
+}
+
 pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let decoded = SnapshotRequest::decode(&delivery.data)
-        .map_err(|e| e.to_string())
-        .and_then(|request| {
-            let state = JobState::from_headers(delivery.properties.headers().as_ref())
-                .map_err(|e| e.to_string())?;
-            Ok((request, state))
-        });
+    let decoded = decode_job(&delivery);
     let (request, mut state) = match decoded {
         Ok(decoded) => decoded,
         Err(detail) => {

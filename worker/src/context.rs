@@ -8,13 +8,14 @@ use snapq_common::message::SnapshotRequest;
 use snapq_common::rbd::{Cluster, Pool};
 use uuid::Uuid;
 
+use crate::consumer::WorkerSettings;
+use crate::error::JobError;
 use crate::names::ArtifactNames;
 
 /// Per-job state shared by the steps. Cheap handles only: pools and the Glance client are
 /// reference-counted.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    pub job_id: String,
     pub image_id: Uuid,
     pub names: ArtifactNames,
     pub fsid: String,
@@ -35,29 +36,24 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The context for `request` on a worker with `settings`.
     pub fn new(
+        settings: &WorkerSettings,
         request: &SnapshotRequest,
-        cluster: &Cluster,
-        image_pool: &Pool,
-        glance: &GlanceClient,
-        active_timeout: Duration,
-        flatten_hold: Duration,
-        flatten_in_process_below: u64,
-    ) -> Result<JobContext, crate::JobError> {
-        let source_pool = cluster.pool(&request.disk.pool)?;
+    ) -> Result<JobContext, JobError> {
+        let cluster = &settings.cluster;
         Ok(JobContext {
-            job_id: request.unique_id.clone(),
             image_id: request.image_id,
-            names: ArtifactNames::for_request(request, image_pool.name()),
+            names: ArtifactNames::for_request(request, settings.image_pool.name()),
             fsid: cluster.fsid().to_string(),
-            glance_store_fsid: None,
+            glance_store_fsid: settings.glance_store_fsid.clone(),
             cluster: cluster.clone(),
-            source_pool,
-            image_pool: image_pool.clone(),
-            glance: glance.clone(),
-            active_timeout,
-            flatten_hold,
-            flatten_in_process_below,
+            source_pool: cluster.pool(&request.disk.pool)?,
+            image_pool: settings.image_pool.clone(),
+            glance: settings.glance.clone(),
+            active_timeout: settings.active_timeout,
+            flatten_hold: settings.flatten_hold,
+            flatten_in_process_below: settings.flatten_in_process_below,
         })
     }
 }

@@ -9,12 +9,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed};
-use snapq_common::job::{now_ms, HistoryEntry, JobState};
+use snapq_common::job::{now_ms, JobState};
 use snapq_common::message::SnapshotRequest;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::consumer::WorkerSettings;
 use crate::context::JobContext;
+use crate::delivery::history;
 use crate::error::JobError;
 use crate::lease::{JobLease, LeaseError};
 use crate::{cleanup, fallback, reply};
@@ -93,18 +94,12 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
         let took = started.elapsed();
         match result {
             Ok(report) => {
-                state.record(HistoryEntry {
-                    step: "full_copy".into(),
-                    worker: settings.name.clone(),
-                    at_ms: now_ms(),
-                    seconds: took.as_secs_f64(),
-                    did: if report.is_some() {
-                        "done"
-                    } else {
-                        "already-done"
-                    }
-                    .into(),
-                });
+                let did = if report.is_some() {
+                    "done"
+                } else {
+                    "already-done"
+                };
+                state.record(history(settings, "full_copy", took, did));
                 let seconds = state
                     .started_ms
                     .map(|s| now_ms().saturating_sub(s) as f64 / 1000.0)
@@ -134,15 +129,7 @@ async fn run_fallback(
     settings: &WorkerSettings,
     request: &SnapshotRequest,
 ) -> Result<Option<fallback::CopyReport>, JobError> {
-    let ctx = JobContext::new(
-        request,
-        &settings.cluster,
-        &settings.image_pool,
-        &settings.glance,
-        settings.active_timeout,
-        settings.flatten_hold,
-        settings.flatten_in_process_below,
-    )?;
+    let ctx = JobContext::new(settings, request)?;
     cleanup::remove_partial_state(&ctx).await?;
     let copied = fallback::full_copy(&ctx).await;
     if copied.is_err() {

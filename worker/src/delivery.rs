@@ -152,7 +152,7 @@ async fn run_step(
     );
     failpoint::hit(&format!("before:{}", step.name()));
     let started = Instant::now();
-    let result = match context(settings, request) {
+    let result = match JobContext::new(settings, request) {
         Ok(ctx) => tokio::select! {
             result = steps::ensure(step, &ctx) => result,
             _ = lease.lost() => Err(JobError::LeaseLost),
@@ -168,7 +168,7 @@ async fn run_step(
                 "step complete"
             );
             failpoint::hit(&format!("after:{}", step.name()));
-            state.record(history(settings, step, took, report.name()));
+            state.record(history(settings, step.name(), took, report.name()));
             if step == Step::SnapshotSource {
                 let ctx_names =
                     crate::names::ArtifactNames::for_request(request, settings.image_pool.name());
@@ -240,35 +240,27 @@ async fn run_step(
             lease.release(false).await;
         }
         Err(e) => {
-            state.record(history(settings, step, took, "failed"));
+            state.record(history(settings, step.name(), took, "failed"));
             lease.release(false).await;
             retry_or_dead_letter(settings, channel, delivery, request, state, step, e).await;
         }
     }
 }
 
-fn history(settings: &WorkerSettings, step: Step, took: Duration, did: &str) -> HistoryEntry {
+/// A history line for `step` (a step name, or `full_copy`) done by this worker.
+pub(crate) fn history(
+    settings: &WorkerSettings,
+    step: &str,
+    took: Duration,
+    did: &str,
+) -> HistoryEntry {
     HistoryEntry {
-        step: step.name().to_string(),
+        step: step.to_string(),
         worker: settings.name.clone(),
         at_ms: now_ms(),
         seconds: took.as_secs_f64(),
         did: did.to_string(),
     }
-}
-
-fn context(settings: &WorkerSettings, request: &SnapshotRequest) -> Result<JobContext, JobError> {
-    let mut ctx = JobContext::new(
-        request,
-        &settings.cluster,
-        &settings.image_pool,
-        &settings.glance,
-        settings.active_timeout,
-        settings.flatten_hold,
-        settings.flatten_in_process_below,
-    )?;
-    ctx.glance_store_fsid = settings.glance_store_fsid.clone();
-    Ok(ctx)
 }
 
 async fn retry_or_dead_letter(
@@ -295,7 +287,7 @@ async fn retry_or_dead_letter(
         Disposition::Park => DeadLetterReason::Park,
     };
     error!(error = %error, step = step.name(), reason = reason.name(), "job failed; cleaning up and dead-lettering it");
-    if let Ok(ctx) = context(settings, request) {
+    if let Ok(ctx) = JobContext::new(settings, request) {
         if let Err(cleanup_error) = cleanup::remove_partial_state(&ctx).await {
             error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
         }

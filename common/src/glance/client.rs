@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -31,6 +32,10 @@ struct Inner {
     location_api: LocationApi,
     detected: DetectedApi,
 }
+
+/// How often, and from what first delay, a transient failure of a delete is retried.
+const DELETE_RETRIES: usize = 4;
+const DELETE_RETRY_MIN_DELAY: Duration = Duration::from_millis(250);
 
 /// A response read to the end.
 pub(super) struct Reply {
@@ -130,7 +135,25 @@ impl GlanceClient {
 
     /// `DELETE /v2/images/{id}`; Glance also removes the image's RBD data. An image that is
     /// already gone counts as deleted.
+    ///
+    /// A transient failure is retried a few times: a delete is idempotent, and Glance 33
+    /// answers 500 when it comes in the instant between an image's background hash task
+    /// recording itself on the image and registering its cancellation file.
     pub async fn delete_image(&self, id: Uuid) -> Result<(), GlanceError> {
+        let retries = backon::ExponentialBuilder::default()
+            .with_min_delay(DELETE_RETRY_MIN_DELAY)
+            .with_max_times(DELETE_RETRIES)
+            .with_jitter();
+        (|| self.delete_image_once(id))
+            .retry(retries)
+            .when(GlanceError::is_transient)
+            .notify(|error, delay| {
+                tracing::debug!(image_id = %id, %error, ?delay, "retrying an image delete");
+            })
+            .await
+    }
+
+    async fn delete_image_once(&self, id: Uuid) -> Result<(), GlanceError> {
         let path = format!("/v2/images/{id}");
         let reply = self.send(Method::DELETE, &path, |r| r).await?;
         if reply.status == StatusCode::NOT_FOUND {
@@ -321,6 +344,29 @@ mod tests {
         let (head, _) = &server.join().unwrap()[0];
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
         assert!(!head.contains("x-auth-token"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn delete_retries_a_server_error_and_treats_not_found_as_done() {
+        let server_error = r#"{"message": "Operation file does not exist"}"#;
+        let (url, server) = answering(vec![(500, server_error), (404, "{}")]);
+        let client = GlanceClient::new(config(url, None, LocationApi::Auto)).unwrap();
+        client.delete_image(Uuid::nil()).await.unwrap();
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 2, "one retry after the 500");
+        assert!(seen.iter().all(|(head, _)| head.starts_with("delete ")));
+    }
+
+    #[tokio::test]
+    async fn delete_does_not_retry_a_refusal() {
+        let (url, server) = answering(vec![(403, r#"{"message": "no"}"#)]);
+        let client = GlanceClient::new(config(url, None, LocationApi::Auto)).unwrap();
+        let err = client.delete_image(Uuid::nil()).await.unwrap_err();
+        assert!(
+            matches!(err, GlanceError::Http { status: 403, .. }),
+            "{err}"
+        );
+        assert_eq!(server.join().unwrap().len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A connection to a Ceph cluster and its pools, as one Ceph user.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ceph::ceph::IoCtx;
 
@@ -20,9 +21,20 @@ pub struct CephConfig {
 /// pool opened from it) is dropped.
 #[derive(Clone)]
 pub struct Cluster {
-    handle: Arc<RadosHandle>,
+    shared: Arc<Shared>,
     fsid: String,
     user: String,
+}
+
+/// What every clone of a [`Cluster`] shares.
+struct Shared {
+    // Field order matters: the cached I/O contexts must be destroyed before the cluster
+    // handle they were made from.
+    /// One I/O context per pool name, opened on first use and kept for the connection's
+    /// life: a long-running worker then neither pays for a pool lookup on each job nor
+    /// creates and destroys contexts while other threads use the connection.
+    pools: Mutex<HashMap<String, Arc<IoCtx>>>,
+    handle: RadosHandle,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -48,7 +60,10 @@ impl Cluster {
             .map_err(|e| connect_error(&target, &e))?
             .to_string();
         Ok(Cluster {
-            handle: Arc::new(RadosHandle(rados)),
+            shared: Arc::new(Shared {
+                pools: Mutex::new(HashMap::new()),
+                handle: RadosHandle(rados),
+            }),
             fsid,
             user: config.user.clone(),
         })
@@ -66,7 +81,7 @@ impl Cluster {
     /// Sends a JSON command to the active ceph-mgr and returns its JSON output.
     pub fn mgr_command(&self, command: &serde_json::Value) -> Result<String, RbdError> {
         let prefix = command["prefix"].as_str().unwrap_or("command").to_string();
-        ffi::mgr_command(&self.handle, &command.to_string())
+        ffi::mgr_command(&self.shared.handle, &command.to_string())
             .map(|(out, _)| out)
             .map_err(|(errno, status)| {
                 let target = if status.is_empty() {
@@ -78,14 +93,31 @@ impl Cluster {
             })
     }
 
+    /// Opens a pool, or returns the context this connection already has for it.
     pub fn pool(&self, name: &str) -> Result<Pool, RbdError> {
-        let io = self
-            .handle
-            .0
-            .get_rados_ioctx(name)
-            .map_err(|e| rados_error("open pool", name, &e))?;
+        // A poisoned lock only means another thread panicked while holding it; the map
+        // itself is always consistent (one insert at a time).
+        let mut pools = self
+            .shared
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let io = match pools.get(name) {
+            Some(io) => Arc::clone(io),
+            None => {
+                let io = self
+                    .shared
+                    .handle
+                    .0
+                    .get_rados_ioctx(name)
+                    .map_err(|e| rados_error("open pool", name, &e))?;
+                let io = Arc::new(io);
+                pools.insert(name.to_string(), Arc::clone(&io));
+                io
+            }
+        };
         Ok(Pool {
-            io: Arc::new(io),
+            io,
             name: name.to_string(),
             _cluster: self.clone(),
         })

@@ -66,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if !snapq_common::rbd::return_large_frees_to_the_os() {
+        tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");
+    }
     let cluster = snapq_common::rbd::connect(
         args.ceph.config(),
         Duration::from_secs(args.ceph.connect_timeout_secs),

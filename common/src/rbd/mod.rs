@@ -12,6 +12,16 @@ pub use cluster::{CephConfig, Cluster, Pool};
 pub use error::{RbdError, RbdErrorKind};
 pub use image::{librbd_version, ChildSpec, Image, ParentSpec, SnapshotInfo};
 
+/// Bytes from which an allocation gets its own mapping; see [`return_large_frees_to_the_os`].
+pub const LARGE_ALLOCATION: usize = 1024 * 1024;
+
+/// Keeps a long-running Ceph client's memory close to what it uses: allocations of
+/// [`LARGE_ALLOCATION`] or more (read replies, data chunks) go back to the OS when freed
+/// instead of staying resident. Call once at start.
+pub fn return_large_frees_to_the_os() -> bool {
+    ffi::set_malloc_mmap_threshold(LARGE_ALLOCATION)
+}
+
 /// Runs a blocking Ceph call on tokio's blocking thread pool.
 pub async fn run_blocking<T, F>(call: F) -> Result<T, RbdError>
 where

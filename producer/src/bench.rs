@@ -28,9 +28,12 @@ pub struct BenchConfig {
 struct Measured {
     bare: Vec<f64>,
     snapq: Vec<f64>,
-    /// Per run: the call's time outside the steps (publish, deliveries, leases, checkpoints),
-    /// per step.
+    /// Per run: the call's time outside the steps (request publish, deliveries, leases,
+    /// checkpoints, reply), per step.
     overhead_per_step_ms: Vec<f64>,
+    /// Every checkpoint hop: from a step's end to the next step's start, as the job's history
+    /// records them (checkpoint publish and confirm, ack, redelivery, lease).
+    hop_ms: Vec<f64>,
 }
 
 pub async fn run(
@@ -57,6 +60,7 @@ pub async fn run(
         bare: vec![],
         snapq: vec![],
         overhead_per_step_ms: vec![],
+        hop_ms: vec![],
     };
     let mut made = Vec::new();
     let result = async {
@@ -69,9 +73,10 @@ pub async fn run(
                     made.push(id);
                     measured.bare.push(seconds);
                 } else {
-                    let (seconds, outside_steps, id) =
+                    let (seconds, outside_steps, hops, id) =
                         through_snapq(&producer, &glance, &config, &disk).await?;
                     made.push(id);
+                    measured.hop_ms.extend(hops);
                     measured
                         .overhead_per_step_ms
                         .push(outside_steps * 1000.0 / 5.0);
@@ -168,7 +173,7 @@ async fn through_snapq(
     glance: &GlanceClient,
     config: &BenchConfig,
     disk: &str,
-) -> anyhow::Result<(f64, f64, uuid::Uuid)> {
+) -> anyhow::Result<(f64, f64, Vec<f64>, uuid::Uuid)> {
     let started = Instant::now();
     let image = glance.create_image(&NewImage::raw("snapq-bench")).await?;
     let request = SnapshotRequest::new(
@@ -184,12 +189,31 @@ async fn through_snapq(
         bail!("snapq failed: {}", failure.message);
     }
     let result = reply.result.unwrap_or_default();
-    let in_steps: f64 = result["history"]
-        .as_array()
-        .map(|h| h.iter().filter_map(|e| e["seconds"].as_f64()).sum())
-        .unwrap_or(0.0);
+    let history = result["history"].as_array().cloned().unwrap_or_default();
+    let in_steps: f64 = history.iter().filter_map(|e| e["seconds"].as_f64()).sum();
     // What the queue adds: the call's time minus the time inside the steps.
-    Ok((seconds, queued_seconds - in_steps, image.id))
+    Ok((
+        seconds,
+        queued_seconds - in_steps,
+        hop_gaps_ms(&history),
+        image.id,
+    ))
+}
+
+/// From each step's end to the next step's start, in ms. History entries are written when a
+/// step ends (`at_ms`, whole milliseconds) and say how long it ran (`seconds`).
+fn hop_gaps_ms(history: &[serde_json::Value]) -> Vec<f64> {
+    let spans: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|e| {
+            let end = e["at_ms"].as_f64()?;
+            Some((end - e["seconds"].as_f64()? * 1000.0, end))
+        })
+        .collect();
+    spans
+        .windows(2)
+        .map(|pair| (pair[1].0 - pair[0].1).max(0.0))
+        .collect()
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
@@ -222,7 +246,15 @@ fn print_table(config: &BenchConfig, m: &Measured) {
         snapq / bare
     );
     println!(
-        "queue overhead per checkpointed step: {:.1} ms (call time minus time inside steps, / 5)",
+        "queue overhead per checkpoint hop: {:.1} ms median, {:.1} ms worst of {} \
+         (a step's end to the next step's start: publish, confirm, ack, delivery, lease)",
+        median(&m.hop_ms),
+        m.hop_ms.iter().copied().fold(f64::NAN, f64::max),
+        m.hop_ms.len()
+    );
+    println!(
+        "call overhead per step: {:.1} ms (the whole call minus time inside steps, / 5; \
+         adds the request's publish, the first lease and the reply)",
         median(&m.overhead_per_step_ms)
     );
     println!(
@@ -234,4 +266,20 @@ fn print_table(config: &BenchConfig, m: &Measured) {
 
 fn rounded(values: &[f64]) -> Vec<f64> {
     values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hop_gaps_run_from_one_steps_end_to_the_next_steps_start() {
+        let history = [
+            json!({"step": "a", "at_ms": 1_000, "seconds": 0.5}),
+            json!({"step": "b", "at_ms": 1_204, "seconds": 0.2}),
+            json!({"step": "c", "at_ms": 2_000, "seconds": 0.79}),
+        ];
+        assert_eq!(hop_gaps_ms(&history), vec![4.0, 6.0]);
+    }
 }

@@ -176,8 +176,6 @@ async fn run_step(
                 state.source_snapshot = Some(ctx_names.source_snapshot_spec());
                 state.image = Some(ctx_names.image_spec());
             }
-            // The step is done and idempotent: the lease can go before the checkpoint, so the
-            // next step (maybe on another worker) does not wait for it.
             // The step is done and idempotent: the lease is released while the checkpoint is
             // published, so the next step (maybe on another worker) does not wait for it.
             match step.next() {

@@ -2,6 +2,8 @@
 //! never run a step of the same job at once. A worker that dies stops renewing and the lease
 //! expires; a worker that fails to renew has lost it and must stop working on the job.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use snapq_common::rbd::{run_blocking, Cluster, Pool, RbdError, RbdErrorKind};
@@ -11,8 +13,28 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 const LOCK_NAME: &str = "snapq-job";
-const HELD_RETRIES: u32 = 5;
-const HELD_RETRY_DELAY: Duration = Duration::from_millis(10);
+/// Tries while another holder has the lease: the previous step's worker releases it while it
+/// publishes the checkpoint, so it may still be held for a few milliseconds.
+const HELD_RETRIES: u32 = 16;
+const HELD_RETRY_DELAY: Duration = Duration::from_millis(3);
+/// The longest a delivery waits for this process's own release of the same lease.
+const OWN_RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// Releases in flight in this process, by lease object. The broker hands out a checkpoint
+/// before the worker that published it has even seen the confirm, so the next step's delivery
+/// often reaches the same worker while its release is still under way: it waits for that
+/// release here instead of colliding with it in Ceph.
+fn releases_in_flight() -> &'static Mutex<HashMap<String, watch::Receiver<bool>>> {
+    static IN_FLIGHT: OnceLock<Mutex<HashMap<String, watch::Receiver<bool>>>> = OnceLock::new();
+    IN_FLIGHT.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn release_in_flight(object: &str) -> Option<watch::Receiver<bool>> {
+    let in_flight = releases_in_flight()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    in_flight.get(object).cloned()
+}
 
 /// The RADOS object that carries a job's lock. It lives in the instance disk's pool, where
 /// Nova's Ceph user can always write (it may only read Glance's pool: that is a fallback
@@ -49,8 +71,9 @@ impl JobLease {
         let pool = &cluster.pool(pool_name).map_err(LeaseError::Ceph)?;
         let object = lease_object(image_id);
         let cookie = format!("{holder}/{}", Uuid::new_v4().simple());
-        // The previous step's worker releases the lease while it publishes the checkpoint,
-        // so the lease may still be held for a few milliseconds: try a few times first.
+        if let Some(mut released) = release_in_flight(&object) {
+            let _ = tokio::time::timeout(OWN_RELEASE_WAIT, released.wait_for(|done| *done)).await;
+        }
         let mut tries = 0;
         loop {
             let (pool2, object2, cookie2) = (pool.clone(), object.clone(), cookie.clone());
@@ -110,6 +133,11 @@ impl JobLease {
     /// Stops renewing and unlocks; `remove` also deletes the lock object (job finished).
     pub async fn release(self, remove: bool) {
         self.renewer.abort();
+        let (done_tx, done) = watch::channel(false);
+        releases_in_flight()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(self.object.clone(), done.clone());
         let (pool, object, cookie) = (self.pool.clone(), self.object.clone(), self.cookie.clone());
         let result = run_blocking(move || {
             pool.unlock(&object, LOCK_NAME, &cookie)?;
@@ -119,6 +147,18 @@ impl JobLease {
             Ok(())
         })
         .await;
+        {
+            let mut in_flight = releases_in_flight()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if in_flight
+                .get(&self.object)
+                .is_some_and(|entry| entry.same_channel(&done))
+            {
+                in_flight.remove(&self.object);
+            }
+        }
+        let _ = done_tx.send(true);
         if let Err(e) = result {
             warn!(error = %e, "could not release the lease; it expires by itself");
         }

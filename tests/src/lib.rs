@@ -83,15 +83,34 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", &id[..12])
 }
 
-/// Connects to the dev cluster as `user` (e.g. "nova", "nova-ro").
+/// The dev cluster as `user` (e.g. "nova", "nova-ro"): one connection per user for the
+/// whole test process, shared by every test in it.
+///
+/// Tests run on parallel threads of one process, and librados aborts the process (an
+/// `std::system_error`, "Invalid argument") when connections are made and shut down while
+/// others are in use. So connections are made one at a time and never shut down; the process
+/// exit ends them. Workers do the same: one connection for the process's life.
 pub async fn cluster_as(user: &str) -> snapq_common::rbd::Cluster {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static CLUSTERS: OnceLock<tokio::sync::Mutex<HashMap<String, snapq_common::rbd::Cluster>>> =
+        OnceLock::new();
+    let mut clusters = CLUSTERS
+        .get_or_init(|| tokio::sync::Mutex::new(HashMap::new()))
+        .lock()
+        .await;
+    if let Some(cluster) = clusters.get(user) {
+        return cluster.clone();
+    }
     let config = snapq_common::rbd::CephConfig {
         conf_path: setting("SNAPQ_CEPH_CONF"),
         user: user.to_string(),
     };
-    snapq_common::rbd::connect(config, std::time::Duration::from_secs(30))
+    let cluster = snapq_common::rbd::connect(config, std::time::Duration::from_secs(30))
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to the dev Ceph cluster as {user}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot connect to the dev Ceph cluster as {user}: {e}"));
+    clusters.insert(user.to_string(), cluster.clone());
+    cluster
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so tests can check data without storing it.
@@ -285,6 +304,30 @@ pub mod rabbit {
             .expect("queue exists")
     }
 
+    /// Publishes `body` as it is (oslo's properties, no snapq headers) to the topology's
+    /// request exchange, as a foreign or broken producer would.
+    pub async fn publish_raw(
+        channel: &lapin::Channel,
+        topology: &snapq_common::amqp::Topology,
+        body: &[u8],
+    ) {
+        snapq_common::amqp::publish_confirmed(
+            channel,
+            &topology.request_exchange,
+            &topology.request_routing_key,
+            body,
+            snapq_common::amqp::oslo_properties(),
+        )
+        .await
+        .expect("publish");
+    }
+
+    /// The snapq job state a message carries in its headers.
+    pub fn job_state(message: &lapin::message::BasicGetMessage) -> snapq_common::job::JobState {
+        snapq_common::job::JobState::from_headers(message.delivery.properties.headers().as_ref())
+            .expect("snapq job headers")
+    }
+
     pub async fn delete_queues(queues: &[&str]) {
         let (_connection, channel) = channel().await;
         for queue in queues {
@@ -319,6 +362,25 @@ pub mod disks {
         })
         .await
         .expect("create the test disk");
+    }
+
+    /// What a job for `image_id` on `vms/disk` may have left in Ceph: whether a clone named
+    /// after the image exists in `images`, and the snapshots on the source disk.
+    pub async fn leftovers(
+        images: &Pool,
+        vms: &Pool,
+        image_id: uuid::Uuid,
+        disk: &str,
+    ) -> (bool, Vec<snapq_common::rbd::SnapshotInfo>) {
+        let (images, vms, disk) = (images.clone(), vms.clone(), disk.to_string());
+        run_blocking(move || {
+            Ok((
+                images.image_exists(&image_id.to_string())?,
+                vms.open_read_only(&disk, None)?.snapshots()?,
+            ))
+        })
+        .await
+        .expect("inspect Ceph")
     }
 
     /// A digest of the whole content of `pool/name[@snap]` (FNV-1a over 8-byte words of 4 MiB

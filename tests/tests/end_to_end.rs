@@ -7,7 +7,7 @@ use snapq_common::glance::NewImage;
 use snapq_common::message::{DiskSpec, SnapshotRequest};
 use snapq_common::rbd::run_blocking;
 use snapq_producer::Producer;
-use snapq_tests::disks::{content_digest, make_disk, MIB};
+use snapq_tests::disks::{content_digest, leftovers, make_disk, MIB};
 use snapq_tests::worker_harness::{glance_client, test_topology, RunningWorker};
 use snapq_tests::{cluster_as, rabbit, Services};
 use uuid::Uuid;
@@ -114,15 +114,7 @@ async fn malformed_request_is_dead_lettered_and_the_worker_keeps_working() {
     let topology = worker.topology.clone();
     let (_connection, channel) = rabbit::channel().await;
     let poison = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"snapshot_instance\", \"args\": {\"disk\": \"vms/a@b\"}}"}"#;
-    snapq_common::amqp::publish_confirmed(
-        &channel,
-        &topology.request_exchange,
-        &topology.request_routing_key,
-        poison,
-        snapq_common::amqp::oslo_properties(),
-    )
-    .await
-    .expect("publish");
+    rabbit::publish_raw(&channel, &topology, poison).await;
     let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
         .await
         .expect("the malformed request reaches the dead-letter queue");
@@ -193,27 +185,12 @@ async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
     let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(30))
         .await
         .expect("the job waits in the dead-letter queue for the full-copy fallback");
-    let state =
-        snapq_common::job::JobState::from_headers(dead.delivery.properties.headers().as_ref())
-            .expect("job headers");
+    let state = rabbit::job_state(&dead);
     assert_eq!(state.reason.as_deref(), Some("fallback"));
     let cause = state.last_error.unwrap_or_default();
     assert!(cause.contains("permission denied"), "{cause}");
 
-    let (images2, vms2, id, disk2) = (
-        images.clone(),
-        vms.clone(),
-        image.id.to_string(),
-        disk.clone(),
-    );
-    let (clone_exists, source_snaps) = run_blocking(move || {
-        Ok((
-            images2.image_exists(&id)?,
-            vms2.open_read_only(&disk2, None)?.snapshots()?,
-        ))
-    })
-    .await
-    .expect("inspect Ceph");
+    let (clone_exists, source_snaps) = leftovers(&images, &vms, image.id, &disk).await;
     assert!(!clone_exists, "no clone is left in the images pool");
     assert!(
         source_snaps.is_empty(),
@@ -260,25 +237,10 @@ async fn image_not_expecting_raw_data_is_dead_lettered_untouched() {
     let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
         .await
         .expect("the job waits in the dead-letter queue");
-    let state =
-        snapq_common::job::JobState::from_headers(dead.delivery.properties.headers().as_ref())
-            .expect("job headers");
+    let state = rabbit::job_state(&dead);
     assert_eq!(state.reason.as_deref(), Some("park"));
 
-    let (images2, vms2, id, disk2) = (
-        images.clone(),
-        vms.clone(),
-        image.id.to_string(),
-        disk.clone(),
-    );
-    let (clone_exists, source_snaps) = run_blocking(move || {
-        Ok((
-            images2.image_exists(&id)?,
-            vms2.open_read_only(&disk2, None)?.snapshots()?,
-        ))
-    })
-    .await
-    .expect("inspect Ceph");
+    let (clone_exists, source_snaps) = leftovers(&images, &vms, image.id, &disk).await;
     assert!(!clone_exists, "nothing was cloned");
     assert!(
         source_snaps.is_empty(),

@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use snapq_common::glance::NewImage;
-use snapq_common::job::JobState;
 use snapq_common::message::{DiskSpec, SnapshotRequest};
 use snapq_common::rbd::run_blocking;
 use snapq_producer::Producer;
@@ -132,21 +131,12 @@ async fn malformed_and_permanently_failed_jobs_are_parked_with_their_reason() {
     let dead_letter = RunningWorker::start_as(topology.clone(), "nova", Role::DeadLetter).await;
     let (_connection, channel) = rabbit::channel().await;
     let poison = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"drop_tables\", \"args\": {}}"}"#;
-    snapq_common::amqp::publish_confirmed(
-        &channel,
-        &topology.request_exchange,
-        &topology.request_routing_key,
-        poison,
-        snapq_common::amqp::oslo_properties(),
-    )
-    .await
-    .expect("publish");
+    rabbit::publish_raw(&channel, &topology, poison).await;
     let parked = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
         .await
         .expect("the malformed message is parked");
     assert_eq!(parked.delivery.data, poison.to_vec(), "kept as sent");
-    let state =
-        JobState::from_headers(parked.delivery.properties.headers().as_ref()).expect("headers");
+    let state = rabbit::job_state(&parked);
     assert_eq!(state.reason.as_deref(), Some("malformed"));
     assert!(state.last_error.unwrap_or_default().contains("drop_tables"));
 
@@ -172,8 +162,7 @@ async fn malformed_and_permanently_failed_jobs_are_parked_with_their_reason() {
     let parked = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
         .await
         .expect("the failed job is parked");
-    let state =
-        JobState::from_headers(parked.delivery.properties.headers().as_ref()).expect("headers");
+    let state = rabbit::job_state(&parked);
     assert_eq!(state.reason.as_deref(), Some("park"));
     assert!(state
         .last_error
@@ -229,15 +218,7 @@ async fn poison_messages_are_parked_at_once_naming_the_problem() {
     let (_connection, channel) = rabbit::channel().await;
     let poison = poison_set();
     for (_, body, _) in &poison {
-        snapq_common::amqp::publish_confirmed(
-            &channel,
-            &topology.request_exchange,
-            &topology.request_routing_key,
-            body,
-            snapq_common::amqp::oslo_properties(),
-        )
-        .await
-        .expect("publish");
+        rabbit::publish_raw(&channel, &topology, body).await;
     }
     let mut parked = Vec::new();
     while parked.len() < poison.len() {
@@ -257,8 +238,7 @@ async fn poison_messages_are_parked_at_once_naming_the_problem() {
             .iter()
             .find(|m| &m.delivery.data == body)
             .unwrap_or_else(|| panic!("{what}: not parked as sent"));
-        let state = JobState::from_headers(message.delivery.properties.headers().as_ref())
-            .expect("headers");
+        let state = rabbit::job_state(message);
         assert_eq!(state.reason.as_deref(), Some("malformed"), "{what}");
         let error = state.last_error.unwrap_or_default();
         assert!(

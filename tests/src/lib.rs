@@ -134,7 +134,9 @@ pub mod worker_harness {
     use std::time::Duration;
 
     use snapq_common::amqp::{Topology, TopologyConfig};
-    use snapq_common::glance::{GlanceClient, GlanceConfig, LocationApi};
+    use snapq_common::glance::{GlanceClient, GlanceConfig, ImageRecord, LocationApi, NewImage};
+    use snapq_common::message::{DiskSpec, SnapshotRequest};
+    use snapq_producer::Producer;
     use snapq_worker::{run_worker, Role, WorkerSettings};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
@@ -145,6 +147,30 @@ pub mod worker_harness {
         pub topology: Topology,
         stop: Option<oneshot::Sender<()>>,
         task: Option<JoinHandle<()>>,
+    }
+
+    /// What a snapshot call needs: a queued raw Glance image called `name`, a producer on
+    /// `topology`, and the request that snapshots the Nova pool's `disk` into that image.
+    pub async fn snapshot_call(
+        glance: &GlanceClient,
+        topology: &Topology,
+        disk: &str,
+        name: &str,
+    ) -> (ImageRecord, Producer, SnapshotRequest) {
+        let services = Services::from_env();
+        let image = glance
+            .create_image(&NewImage::raw(name))
+            .await
+            .expect("a queued Glance image");
+        let producer = Producer::connect(&services.amqp_url, topology.clone())
+            .await
+            .expect("producer");
+        let request = SnapshotRequest::new(
+            DiskSpec::new(services.nova_pool, disk.to_string()).expect("valid disk"),
+            image.id,
+            name.to_string(),
+        );
+        (image, producer, request)
     }
 
     pub fn glance_client(url: &str) -> GlanceClient {

@@ -8,7 +8,7 @@ use snapq_common::message::{DiskSpec, SnapshotRequest};
 use snapq_common::rbd::run_blocking;
 use snapq_producer::Producer;
 use snapq_tests::disks::{content_digest, leftovers, make_disk, MIB};
-use snapq_tests::worker_harness::{glance_client, test_topology, RunningWorker};
+use snapq_tests::worker_harness::{glance_client, snapshot_call, test_topology, RunningWorker};
 use snapq_tests::{cluster_as, rabbit, Services};
 use uuid::Uuid;
 
@@ -29,18 +29,8 @@ async fn snapshot_request_makes_an_active_flattened_sparse_image() {
 
     let worker = RunningWorker::start(test_topology("e2e-direct"), "nova").await;
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("e2e-direct"))
-        .await
-        .expect("queued image");
-    let producer = Producer::connect(&services.amqp_url, worker.topology.clone())
-        .await
-        .expect("producer");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
-        image.id,
-        "e2e-direct".into(),
-    );
+    let (image, producer, request) =
+        snapshot_call(&glance, &worker.topology, &disk, "e2e-direct").await;
     let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
     assert!(reply.failure.is_none(), "job failed: {:?}", reply.failure);
     let result = reply.result.expect("a result");
@@ -126,20 +116,10 @@ async fn malformed_request_is_dead_lettered_and_the_worker_keeps_working() {
 
     // The worker survived and still serves requests: a request for a disk that does not
     // exist is answered with a failure naming the disk.
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("e2e-missing"))
-        .await
-        .expect("image");
     let missing = format!("{}_disk", Uuid::new_v4());
-    let request = SnapshotRequest::new(
-        DiskSpec::new(services.nova_pool.clone(), missing.clone()).expect("valid disk"),
-        image.id,
-        "e2e-missing".into(),
-    );
+    let (image, producer, request) =
+        snapshot_call(&glance, &topology, &missing, "e2e-missing").await;
     let reply = producer.call(request, CALL_TIMEOUT).await.expect("a reply");
     let failure = reply.failure.expect("the job fails");
     assert!(failure.message.contains(&missing), "{}", failure.message);
@@ -167,18 +147,7 @@ async fn read_only_images_pool_dead_letters_the_job_and_leaves_nothing() {
     let worker = RunningWorker::start(test_topology("e2e-eperm"), "nova-ro").await;
     let topology = worker.topology.clone();
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("e2e-eperm"))
-        .await
-        .expect("image");
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
-        image.id,
-        "e2e-eperm".into(),
-    );
+    let (image, producer, request) = snapshot_call(&glance, &topology, &disk, "e2e-eperm").await;
     // A job bound for the full-copy fallback is answered by the dead-letter consumer (none
     // runs here), so cast and look at the dead-letter queue.
     producer.cast(&request).await.expect("publish");

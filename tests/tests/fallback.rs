@@ -3,12 +3,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use snapq_common::glance::NewImage;
-use snapq_common::message::{DiskSpec, SnapshotRequest};
 use snapq_common::rbd::run_blocking;
-use snapq_producer::Producer;
 use snapq_tests::disks::{make_disk, MIB};
-use snapq_tests::worker_harness::{glance_client, test_topology, RunningWorker};
+use snapq_tests::worker_harness::{glance_client, snapshot_call, test_topology, RunningWorker};
 use snapq_tests::{cluster_as, rabbit, Services};
 use snapq_worker::Role;
 use uuid::Uuid;
@@ -47,18 +44,8 @@ async fn permission_denied_on_the_images_pool_falls_back_to_a_full_copy_of_the_s
     let worker = RunningWorker::start_as(topology.clone(), "nova-ro", Role::Work).await;
     let dead_letter = RunningWorker::start_as(topology.clone(), "nova-ro", Role::DeadLetter).await;
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("fallback-eperm"))
-        .await
-        .expect("image");
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
-        image.id,
-        "fallback-eperm".into(),
-    );
+    let (image, producer, request) =
+        snapshot_call(&glance, &topology, &disk, "fallback-eperm").await;
     let reply = producer
         .call(request, Duration::from_secs(300))
         .await
@@ -142,22 +129,9 @@ async fn malformed_and_permanently_failed_jobs_are_parked_with_their_reason() {
 
     // A request for a disk that does not exist fails for good: parked, with its history.
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("fallback-park"))
-        .await
-        .expect("image");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(
-            services.nova_pool.clone(),
-            format!("{}_disk", Uuid::new_v4()),
-        )
-        .expect("disk"),
-        image.id,
-        "fallback-park".into(),
-    );
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
+    let missing = format!("{}_disk", Uuid::new_v4());
+    let (image, producer, request) =
+        snapshot_call(&glance, &topology, &missing, "fallback-park").await;
     producer.cast(&request).await.expect("publish");
     let parked = rabbit::get_one(&topology.parked_queue, Duration::from_secs(30))
         .await
@@ -248,22 +222,9 @@ async fn poison_messages_are_parked_at_once_naming_the_problem() {
     }
     // The workers are still serving: a valid request for a missing disk is answered.
     let glance = glance_client(&services.glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("fallback-poison"))
-        .await
-        .expect("image");
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(
-            services.nova_pool.clone(),
-            format!("{}_disk", Uuid::new_v4()),
-        )
-        .expect("disk"),
-        image.id,
-        "fallback-poison".into(),
-    );
+    let missing = format!("{}_disk", Uuid::new_v4());
+    let (image, producer, request) =
+        snapshot_call(&glance, &topology, &missing, "fallback-poison").await;
     let reply = producer
         .call(request, Duration::from_secs(60))
         .await
@@ -293,18 +254,8 @@ async fn glance_refusing_the_location_without_the_service_role_falls_back_to_a_f
         RunningWorker::start_with_glance(topology.clone(), "nova", Role::DeadLetter, &glance_url)
             .await;
     let glance = glance_client(&glance_url);
-    let image = glance
-        .create_image(&NewImage::raw("fallback-no-service"))
-        .await
-        .expect("image");
-    let producer = Producer::connect(&services.amqp_url, topology.clone())
-        .await
-        .expect("producer");
-    let request = SnapshotRequest::new(
-        DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
-        image.id,
-        "fallback-no-service".into(),
-    );
+    let (image, producer, request) =
+        snapshot_call(&glance, &topology, &disk, "fallback-no-service").await;
     let reply = producer
         .call(request, Duration::from_secs(120))
         .await

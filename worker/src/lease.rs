@@ -3,7 +3,7 @@
 //! expires; a worker that fails to renew has lost it and must stop working on the job.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use snapq_common::rbd::{run_blocking, Cluster, Pool, RbdError, RbdErrorKind};
@@ -24,16 +24,13 @@ const OWN_RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// before the worker that published it has even seen the confirm, so the next step's delivery
 /// often reaches the same worker while its release is still under way: it waits for that
 /// release here instead of colliding with it in Ceph.
-fn releases_in_flight() -> &'static Mutex<HashMap<String, watch::Receiver<bool>>> {
+fn releases_in_flight() -> MutexGuard<'static, HashMap<String, watch::Receiver<bool>>> {
     static IN_FLIGHT: OnceLock<Mutex<HashMap<String, watch::Receiver<bool>>>> = OnceLock::new();
-    IN_FLIGHT.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn release_in_flight(object: &str) -> Option<watch::Receiver<bool>> {
-    let in_flight = releases_in_flight()
+    IN_FLIGHT
+        .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    in_flight.get(object).cloned()
+        // A poisoned lock only means a thread panicked holding it; each update is one call.
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The RADOS object that carries a job's lock. It lives in the instance disk's pool, where
@@ -71,7 +68,8 @@ impl JobLease {
         let pool = &cluster.pool(pool_name).map_err(LeaseError::Ceph)?;
         let object = lease_object(image_id);
         let cookie = format!("{holder}/{}", Uuid::new_v4().simple());
-        if let Some(mut released) = release_in_flight(&object) {
+        let own_release = releases_in_flight().get(&object).cloned();
+        if let Some(mut released) = own_release {
             let _ = tokio::time::timeout(OWN_RELEASE_WAIT, released.wait_for(|done| *done)).await;
         }
         let mut tries = 0;
@@ -134,10 +132,7 @@ impl JobLease {
     pub async fn release(self, remove: bool) {
         self.renewer.abort();
         let (done_tx, done) = watch::channel(false);
-        releases_in_flight()
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(self.object.clone(), done.clone());
+        releases_in_flight().insert(self.object.clone(), done.clone());
         let (pool, object, cookie) = (self.pool.clone(), self.object.clone(), self.cookie.clone());
         let result = run_blocking(move || {
             pool.unlock(&object, LOCK_NAME, &cookie)?;
@@ -148,9 +143,9 @@ impl JobLease {
         })
         .await;
         {
-            let mut in_flight = releases_in_flight()
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut in_flight = releases_in_flight();
+            // Only this release's own entry: a later release of the same lease may have
+            // replaced it.
             if in_flight
                 .get(&self.object)
                 .is_some_and(|entry| entry.same_channel(&done))

@@ -234,7 +234,6 @@ pub fn mgr_command(
     }
 }
 
-/// librbd's version triple.
 /// Makes glibc serve every allocation of `bytes` or more with a mapping of its own, given
 /// back to the OS when freed. Without it glibc raises that threshold as large blocks are freed,
 /// and then keeps freed multi-MiB blocks (librados allocates one per read reply) resident in
@@ -247,6 +246,7 @@ pub fn set_malloc_mmap_threshold(bytes: usize) -> bool {
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
 }
 
+/// librbd's version triple.
 pub fn version() -> (i32, i32, i32) {
     let (mut major, mut minor, mut extra) = (0, 0, 0);
     // SAFETY: three valid out-pointers.

@@ -149,27 +149,36 @@ pub mod worker_harness {
         task: Option<JoinHandle<()>>,
     }
 
-    /// What a snapshot call needs: a queued raw Glance image called `name`, a producer on
-    /// `topology`, and the request that snapshots the Nova pool's `disk` into that image.
+    /// A queued raw Glance image called `name`, and the request that snapshots the Nova
+    /// pool's `disk` into that image.
+    pub async fn queued_image_request(
+        glance: &GlanceClient,
+        disk: &str,
+        name: &str,
+    ) -> (ImageRecord, SnapshotRequest) {
+        let image = glance
+            .create_image(&NewImage::raw(name))
+            .await
+            .expect("a queued Glance image");
+        let request = SnapshotRequest::new(
+            DiskSpec::new(Services::from_env().nova_pool, disk.to_string()).expect("valid disk"),
+            image.id,
+            name.to_string(),
+        );
+        (image, request)
+    }
+
+    /// What a snapshot call needs: [`queued_image_request`] and a producer on `topology`.
     pub async fn snapshot_call(
         glance: &GlanceClient,
         topology: &Topology,
         disk: &str,
         name: &str,
     ) -> (ImageRecord, Producer, SnapshotRequest) {
-        let services = Services::from_env();
-        let image = glance
-            .create_image(&NewImage::raw(name))
-            .await
-            .expect("a queued Glance image");
-        let producer = Producer::connect(&services.amqp_url, topology.clone())
+        let (image, request) = queued_image_request(glance, disk, name).await;
+        let producer = Producer::connect(&Services::from_env().amqp_url, topology.clone())
             .await
             .expect("producer");
-        let request = SnapshotRequest::new(
-            DiskSpec::new(services.nova_pool, disk.to_string()).expect("valid disk"),
-            image.id,
-            name.to_string(),
-        );
         (image, producer, request)
     }
 
@@ -561,14 +570,14 @@ pub mod job_fixture {
     use std::time::Duration;
 
     use snapq_common::amqp::Topology;
-    use snapq_common::glance::{GlanceClient, NewImage};
-    use snapq_common::message::{DiskSpec, SnapshotRequest};
+    use snapq_common::glance::GlanceClient;
+    use snapq_common::message::SnapshotRequest;
     use snapq_common::rbd::{run_blocking, Pool};
     use snapq_producer::Producer;
     use uuid::Uuid;
 
     use super::disks::{content_digest, make_disk, MIB};
-    use super::worker_harness::{glance_client, test_topology};
+    use super::worker_harness::{glance_client, queued_image_request, test_topology};
     use super::{cluster_as, rabbit, Services};
 
     /// One job's fixture: a disk, a queued Glance image, and a topology of its own.
@@ -594,16 +603,8 @@ pub mod job_fixture {
             let disk = format!("{}_disk", Uuid::new_v4());
             make_disk(&vms, &disk, size_mib * MIB, extents).await;
             let glance = glance_client(&services.glance_url);
-            let image_id = glance
-                .create_image(&NewImage::raw(prefix))
-                .await
-                .expect("queued image")
-                .id;
-            let request = SnapshotRequest::new(
-                DiskSpec::new(services.nova_pool.clone(), disk.clone()).expect("valid disk"),
-                image_id,
-                prefix.to_string(),
-            );
+            let (image, request) = queued_image_request(&glance, &disk, prefix).await;
+            let image_id = image.id;
             Job {
                 topology: test_topology(prefix),
                 services,

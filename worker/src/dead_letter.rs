@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed};
 use snapq_common::job::{now_ms, JobState};
@@ -15,7 +14,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::consumer::WorkerSettings;
 use crate::context::JobContext;
-use crate::delivery::history;
+use crate::delivery::{ack, history, nack};
 use crate::error::JobError;
 use crate::lease::{JobLease, LeaseError};
 use crate::{cleanup, fallback, reply};
@@ -70,12 +69,7 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
             Err(LeaseError::Held) => {
                 info!("another worker holds the job's lease; trying again shortly");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                nack(&delivery, true).await;
                 return;
             }
             Err(LeaseError::Ceph(e)) => {
@@ -110,7 +104,7 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
                     result["read_bytes"] = report.read.into();
                 }
                 reply::send(channel, &request, Some(result), None).await;
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                ack(&delivery).await;
             }
             Err(e) => {
                 error!(error = %e, "the full copy failed too; parking the job");
@@ -153,18 +147,13 @@ async fn park(settings: &WorkerSettings, channel: &Channel, delivery: &Delivery,
     .await;
     match parked {
         Ok(()) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            ack(delivery).await;
         }
         Err(e) => {
             // Keep it in the dead-letter queue rather than lose it.
             warn!(error = %e, "could not park the job; leaving it in the dead-letter queue");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            nack(delivery, true).await;
         }
     }
 }

@@ -374,14 +374,14 @@ async fn publish_state(
     .await
 }
 
-async fn ack(delivery: &Delivery) {
+pub(crate) async fn ack(delivery: &Delivery) {
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         // The broker will redeliver; the job's steps are idempotent.
         warn!(error = %e, "ack failed; the job will be redelivered");
     }
 }
 
-async fn nack(delivery: &Delivery, requeue: bool) {
+pub(crate) async fn nack(delivery: &Delivery, requeue: bool) {
     if let Err(e) = delivery
         .nack(BasicNackOptions {
             requeue,

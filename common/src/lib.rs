@@ -6,5 +6,6 @@ pub mod amqp;
 pub mod config;
 pub mod glance;
 pub mod job;
+pub mod logging;
 pub mod message;
 pub mod rbd;

@@ -115,13 +115,7 @@ struct SnapshotArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    snapq_common::logging::init("warn");
     match Cli::parse().command {
         Command::Snapshot(args) => snapshot(args).await,
         Command::Bench(args) => bench(args).await,

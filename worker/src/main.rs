@@ -57,14 +57,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .init();
+    snapq_common::logging::init("info,lapin=warn");
     let args = Args::parse();
     if !snapq_common::rbd::return_large_frees_to_the_os() {
         tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use snapq_common::glance::GlanceClient;
+use snapq_common::glance::{GlanceClient, GlanceError, ImageRecord};
 use snapq_common::message::SnapshotRequest;
 use snapq_common::rbd::{Cluster, Pool};
 use uuid::Uuid;
@@ -55,5 +55,15 @@ impl JobContext {
             flatten_hold: settings.flatten_hold,
             flatten_in_process_below: settings.flatten_in_process_below,
         })
+    }
+    /// The job's Glance image as it is now; an image deleted meanwhile is `ImageGone`.
+    pub async fn glance_image(&self) -> Result<ImageRecord, JobError> {
+        match self.glance.get_image(self.image_id).await {
+            Ok(record) => Ok(record),
+            Err(GlanceError::NotFound { .. }) => Err(JobError::ImageGone {
+                image_id: self.image_id,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -8,7 +8,6 @@ mod stream;
 
 use std::time::{Duration, Instant};
 
-use snapq_common::glance::GlanceError;
 use snapq_common::rbd::run_blocking;
 use tracing::info;
 
@@ -30,15 +29,7 @@ pub struct CopyReport {
 /// Copies the disk into the (queued) Glance image and waits until it is active. Idempotent:
 /// an image that is already active is left alone; the fallback snapshot is removed either way.
 pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError> {
-    let record = match ctx.glance.get_image(ctx.image_id).await {
-        Ok(record) => record,
-        Err(GlanceError::NotFound { .. }) => {
-            return Err(JobError::ImageGone {
-                image_id: ctx.image_id,
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let record = ctx.glance_image().await?;
     if record.is_active() {
         remove_fallback_snapshot(ctx).await?;
         return Ok(None);

@@ -36,15 +36,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     .await?;
 
     let location = ctx.names.location(&ctx.fsid);
-    let record = match ctx.glance.get_image(ctx.image_id).await {
-        Ok(record) => record,
-        Err(GlanceError::NotFound { .. }) => {
-            return Err(JobError::ImageGone {
-                image_id: ctx.image_id,
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let record = ctx.glance_image().await?;
     match record.status.as_str() {
         // An earlier attempt finished. Without `show_image_direct_url` Glance does not say
         // where the data is; the clone named after the image is ours either way.

@@ -1,6 +1,5 @@
 //! Step 1: snapshot the instance disk.
 
-use snapq_common::glance::GlanceError;
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
@@ -57,17 +56,12 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
 /// An RBD clone is raw data: Glance must expect a raw image (like Nova's `is_cloneable`).
 /// Checked before anything is made, so a mismatch costs nothing to undo.
 async fn check_glance_image_takes_raw_data(ctx: &JobContext) -> Result<(), JobError> {
-    match ctx.glance.get_image(ctx.image_id).await {
-        Ok(record) => match record.disk_format.as_deref() {
-            None | Some("raw") => Ok(()),
-            Some(other) => Err(JobError::NotRaw {
-                image_id: ctx.image_id,
-                disk_format: other.to_string(),
-            }),
-        },
-        Err(GlanceError::NotFound { .. }) => Err(JobError::ImageGone {
+    let record = ctx.glance_image().await?;
+    match record.disk_format.as_deref() {
+        None | Some("raw") => Ok(()),
+        Some(other) => Err(JobError::NotRaw {
             image_id: ctx.image_id,
+            disk_format: other.to_string(),
         }),
-        Err(e) => Err(e.into()),
     }
 }

@@ -56,15 +56,7 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
             disk = %request.disk,
             "falling back to a full copy"
         );
-        let lease = match JobLease::acquire(
-            &settings.cluster,
-            &request.disk.pool,
-            request.image_id,
-            &settings.name,
-            settings.lease_duration,
-        )
-        .await
-        {
+        let lease = match JobLease::for_job(settings, &request).await {
             Ok(lease) => lease,
             Err(LeaseError::Held) => {
                 info!("another worker holds the job's lease; trying again shortly");

@@ -99,15 +99,7 @@ async fn run_step(
     step: Step,
 ) {
     let lease_started = Instant::now();
-    let lease = match JobLease::acquire(
-        &settings.cluster,
-        &request.disk.pool,
-        request.image_id,
-        &settings.name,
-        settings.lease_duration,
-    )
-    .await
-    {
+    let lease = match JobLease::for_job(settings, request).await {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
             // Another worker runs this job right now (a duplicate delivery): come back later,

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use snapq_common::message::SnapshotRequest;
 use snapq_common::rbd::{run_blocking, Cluster, Pool, RbdError, RbdErrorKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 use uuid::Uuid;
+
+use crate::consumer::WorkerSettings;
 
 const LOCK_NAME: &str = "snapq-job";
 /// Tries while another holder has the lease: the previous step's worker releases it while it
@@ -57,8 +60,23 @@ pub enum LeaseError {
 }
 
 impl JobLease {
+    /// Takes the lease of `request`'s job for this worker.
+    pub async fn for_job(
+        settings: &WorkerSettings,
+        request: &SnapshotRequest,
+    ) -> Result<JobLease, LeaseError> {
+        JobLease::acquire(
+            &settings.cluster,
+            &request.disk.pool,
+            request.image_id,
+            &settings.name,
+            settings.lease_duration,
+        )
+        .await
+    }
+
     /// Takes the lease for `duration`, renewing it every third of that until released.
-    pub async fn acquire(
+    async fn acquire(
         cluster: &Cluster,
         pool_name: &str,
         image_id: Uuid,

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::Channel;
-use snapq_common::amqp::{oslo_properties, publish_confirmed};
 use snapq_common::job::{now_ms, JobState};
 use snapq_common::message::SnapshotRequest;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::consumer::WorkerSettings;
 use crate::context::JobContext;
-use crate::delivery::{ack, history, nack};
+use crate::delivery::{ack, hand_over, history, nack};
 use crate::error::JobError;
 use crate::lease::{JobLease, LeaseError};
 use crate::{cleanup, fallback, reply};
@@ -129,23 +128,18 @@ async fn run_fallback(
 
 /// Moves the job to the parking lot (confirmed), then acknowledges it here.
 async fn park(settings: &WorkerSettings, channel: &Channel, delivery: &Delivery, state: &JobState) {
-    let parked = publish_confirmed(
+    let parked = hand_over(
         channel,
         "",
         &settings.topology.parked_queue,
-        &delivery.data,
-        oslo_properties().with_headers(state.to_headers()),
+        delivery,
+        state,
     )
     .await;
-    match parked {
-        Ok(()) => {
-            ack(delivery).await;
-        }
-        Err(e) => {
-            // Keep it in the dead-letter queue rather than lose it.
-            warn!(error = %e, "could not park the job; leaving it in the dead-letter queue");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            nack(delivery, true).await;
-        }
+    if let Err(e) = parked {
+        // Keep it in the dead-letter queue rather than lose it.
+        warn!(error = %e, "could not park the job; leaving it in the dead-letter queue");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        nack(delivery, true).await;
     }
 }

@@ -312,12 +312,9 @@ async fn requeue_after(
     delay: Duration,
 ) {
     let tier = settings.topology.retry_queue_for(delay);
-    match publish_state(channel, "", &tier.name, delivery, state).await {
-        Ok(()) => ack(delivery).await,
-        Err(e) => {
-            warn!(error = %e, "could not publish to the retry queue; requeueing directly");
-            nack(delivery, true).await;
-        }
+    if let Err(e) = hand_over(channel, "", &tier.name, delivery, state).await {
+        warn!(error = %e, "could not publish to the retry queue; requeueing directly");
+        nack(delivery, true).await;
     }
 }
 
@@ -331,22 +328,34 @@ async fn dead_letter(
 ) {
     state.reason = Some(reason.name().to_string());
     let topology = &settings.topology;
-    match publish_state(
+    let handed_over = hand_over(
         channel,
         &topology.dead_letter_exchange,
         &topology.dead_letter_routing_key,
         delivery,
         &state,
     )
-    .await
-    {
-        Ok(()) => ack(delivery).await,
-        Err(e) => {
-            // Rejecting routes it to the same dead-letter exchange through the broker.
-            warn!(error = %e, "could not publish to the dead-letter exchange; rejecting instead");
-            nack(delivery, false).await;
-        }
+    .await;
+    if let Err(e) = handed_over {
+        // Rejecting routes it to the same dead-letter exchange through the broker.
+        warn!(error = %e, "could not publish to the dead-letter exchange; rejecting instead");
+        nack(delivery, false).await;
     }
+}
+
+/// Moves the delivery's job, with `state` in its headers, to `exchange`/`routing_key`:
+/// publishes it (confirmed), then acknowledges this delivery. On a publish error the delivery
+/// is left unacknowledged for the caller to decide where the job goes instead.
+pub(crate) async fn hand_over(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    delivery: &Delivery,
+    state: &JobState,
+) -> Result<(), AmqpError> {
+    publish_state(channel, exchange, routing_key, delivery, state).await?;
+    ack(delivery).await;
+    Ok(())
 }
 
 async fn publish_state(

@@ -6,7 +6,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError, Topology};
 use snapq_common::job::JobState;
-use snapq_common::message::SnapshotRequest;
+use snapq_common::message::{without_secrets, SnapshotRequest};
 
 /// A parked job as read from the queue.
 pub struct ParkedJob {
@@ -123,7 +123,8 @@ pub async fn replay(
         channel,
         exchange,
         routing_key,
-        &job.message.delivery.data,
+        // Parked copies carry no secrets; one parked by an older snapq might.
+        &without_secrets(&job.message.delivery.data),
         oslo_properties().with_headers(state.to_headers()),
     )
     .await?;

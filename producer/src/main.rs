@@ -127,10 +127,12 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let disk = DiskSpec::parse("--disk", &args.disk)?;
     validate_glance_image_name("--name", &args.name)?;
+    let amqp_url = args.amqp.resolve()?;
+    let glance_config = args.glance.config()?;
     let image_id = match args.image_id {
         Some(id) => id,
         None => {
-            let glance = GlanceClient::new(args.glance.config())?;
+            let glance = GlanceClient::new(glance_config)?;
             glance
                 .create_image(&NewImage::raw(args.name.clone()))
                 .await
@@ -139,7 +141,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         }
     };
     let request = SnapshotRequest::new(disk, image_id, args.name.clone());
-    let producer = Producer::connect(&args.amqp.url, Topology::new(args.amqp.topology())).await?;
+    let producer = Producer::connect(&amqp_url, Topology::new(args.amqp.topology())).await?;
     println!("job {} image {}", request.unique_id, image_id);
     if !args.wait {
         producer.cast(&request).await?;
@@ -166,19 +168,21 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let amqp_url = args.amqp.resolve()?;
+    let glance_config = args.glance.config()?;
     let cluster = snapq_common::rbd::connect(
         args.ceph.config(),
         Duration::from_secs(args.ceph.connect_timeout_secs),
     )
     .await?;
-    let glance = GlanceClient::new(args.glance.config())?;
+    let glance = GlanceClient::new(glance_config)?;
     let config = snapq_producer::bench::BenchConfig {
         disk_gib: args.disk_gib,
         written_mib: args.written_mib,
         runs: args.runs,
         nova_pool: args.nova_pool,
         glance_pool: args.ceph.glance_pool.clone(),
-        amqp_url: args.amqp.url.clone(),
+        amqp_url,
         topology: Topology::new(args.amqp.topology()),
     };
     if args.fallback {
@@ -196,7 +200,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
     use snapq_producer::jobs::{self, ReplayMode};
 
-    let producer = Producer::connect(&args.amqp.url, Topology::new(args.amqp.topology())).await?;
+    let amqp_url = args.amqp.resolve()?;
+    let producer = Producer::connect(&amqp_url, Topology::new(args.amqp.topology())).await?;
     let (channel, topology) = (producer.channel().clone(), producer.topology().clone());
     let mut parked = jobs::take_all(&channel, &topology).await?;
     let outcome = async {

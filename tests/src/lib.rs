@@ -245,6 +245,11 @@ pub mod worker_harness {
                 lease_duration: Duration::from_secs(6),
                 max_attempts: 3,
                 shutdown_grace: Duration::from_secs(30),
+                source_policy: snapq_worker::SourcePolicy::nova(
+                    &services.nova_pool,
+                    &services.glance_pool,
+                )
+                .expect("the Nova source policy"),
                 name: format!("snapq-test-worker:{}", topology.work_queue),
             };
             let (stop, stopped) = oneshot::channel::<()>();

@@ -203,11 +203,12 @@ async fn image_not_expecting_raw_data_is_dead_lettered_untouched() {
         .failure
         .expect("a qcow2 image cannot take an RBD clone");
     assert!(failure.message.contains("qcow2"), "{}", failure.message);
+    assert_eq!(failure.class, "SnapshotRefused", "{failure:?}");
     let dead = rabbit::get_one(&topology.dead_letter_queue, Duration::from_secs(20))
         .await
         .expect("the job waits in the dead-letter queue");
     let state = rabbit::job_state(&dead);
-    assert_eq!(state.reason.as_deref(), Some("park"));
+    assert_eq!(state.reason.as_deref(), Some("refused"));
 
     let (clone_exists, source_snaps) = leftovers(&images, &vms, image.id, &disk).await;
     assert!(!clone_exists, "nothing was cloned");

@@ -3,11 +3,12 @@
 
 use snapq_common::glance::GlanceError;
 use snapq_common::rbd::{run_blocking, Pool, RbdError};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::names::{ArtifactNames, IMAGE_SNAPSHOT};
+use crate::provenance::{inspect_clone, CloneOwner};
 use crate::steps::StepReport;
 
 /// Unprotects and removes `vms/<disk>@snapq-<image_id>` if it is there. Blocking.
@@ -33,8 +34,8 @@ pub fn remove_source_snapshot(
     }
 }
 
-/// Removes `images/<image_id>` and its `snap`, if there. Blocking. Only for an image Glance
-/// does not serve: the caller checks.
+/// Removes `images/<image_id>` and its `snap`, if there. Blocking. Only for this job's own
+/// clone, which Glance does not serve: the caller checks both.
 pub fn remove_image_and_snapshot(
     image_pool: &Pool,
     names: &ArtifactNames,
@@ -58,31 +59,53 @@ pub fn remove_image_and_snapshot(
     }
 }
 
-/// Removes the partial state of a failed job: the clone in Glance's pool unless Glance
-/// serves it as an active image, and the snapshot of the instance disk.
+/// What cleanup did with the clone in Glance's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CloneCleanup {
+    Removed,
+    Absent,
+    /// Glance has the image (its record is past `queued`): the clone is Glance's now.
+    KeptForGlance,
+    /// Not this job's: left exactly as found.
+    KeptNotOurs(CloneOwner),
+}
+
+/// Removes the partial state of a failed job: this job's own clone in Glance's pool, unless
+/// Glance has taken it over, and this job's snapshot of the instance disk. Anything under
+/// those names that snapq did not make for this job is left alone.
 pub async fn remove_partial_state(ctx: &JobContext) -> Result<(), JobError> {
-    let serves_clone = match ctx.glance.get_image(ctx.image_id).await {
-        Ok(record) => record.is_active(),
+    let glance_has_it = match ctx.glance.get_image(ctx.image_id).await {
+        // A queued (or failed) image does not use the clone; any other status may.
+        Ok(record) => !matches!(record.status.as_str(), "queued" | "killed" | "deleted"),
         Err(GlanceError::NotFound { .. }) => false,
         Err(e) => return Err(e.into()),
     };
-    let (source_pool, image_pool, names) = (
+    let (source_pool, image_pool, names, image_id) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
         ctx.names.clone(),
+        ctx.image_id,
     );
     let (image, snapshot) = run_blocking(move || {
-        let image = if serves_clone {
-            StepReport::AlreadyDone
-        } else {
-            remove_image_and_snapshot(&image_pool, &names)?
+        let image = match inspect_clone(&image_pool, &names, image_id)? {
+            CloneOwner::Absent => CloneCleanup::Absent,
+            owner if !owner.is_this_job() => CloneCleanup::KeptNotOurs(owner),
+            _ if glance_has_it => CloneCleanup::KeptForGlance,
+            _ => match remove_image_and_snapshot(&image_pool, &names)? {
+                StepReport::Done => CloneCleanup::Removed,
+                StepReport::AlreadyDone => CloneCleanup::Absent,
+            },
         };
+        // The snapshot's name is its mark: `snapq-<image_id>` on this job's disk.
         let snapshot = remove_source_snapshot(&source_pool, &names)?;
         Ok((image, snapshot))
     })
     .await?;
+    if let CloneCleanup::KeptNotOurs(owner) = &image {
+        warn!(image = %ctx.names.image_spec(), ?owner, "left an image snapq did not make for this job untouched");
+    }
     info!(
-        removed_image = image == StepReport::Done,
+        clone = ?image,
         removed_source_snapshot = snapshot == StepReport::Done,
         "cleaned up partial state"
     );

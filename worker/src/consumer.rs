@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::policy::SourcePolicy;
 use crate::{dead_letter, delivery};
 
 /// Which queue a worker serves.
@@ -49,6 +50,8 @@ pub struct WorkerSettings {
     /// The fsid of the cluster Glance's rbd store uses; a disk in another cluster cannot be
     /// cloned into it, so such jobs go straight to the full copy. None: assume the same.
     pub glance_store_fsid: Option<String>,
+    /// Which disks requests may name.
+    pub source_policy: SourcePolicy,
     /// Lifetime of a job's lease; renewed every third of it.
     pub lease_duration: Duration,
     /// Attempts at one step before a transient failure dead-letters the job.

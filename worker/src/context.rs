@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use snapq_common::glance::{GlanceClient, GlanceError, ImageRecord};
 use snapq_common::message::SnapshotRequest;
-use snapq_common::rbd::{Cluster, Pool};
+use snapq_common::rbd::{run_blocking, Cluster, Pool};
 use uuid::Uuid;
 
 use crate::consumer::WorkerSettings;
@@ -33,6 +33,9 @@ pub struct JobContext {
     pub flatten_hold: Duration,
     /// Clones whose source holds less than this many bytes are flattened in the worker.
     pub flatten_in_process_below: u64,
+    /// The project the request acts for (`_context_project_id`), if it says: the Glance image
+    /// must be owned by it.
+    pub project: Option<String>,
 }
 
 impl JobContext {
@@ -54,8 +57,18 @@ impl JobContext {
             active_timeout: settings.active_timeout,
             flatten_hold: settings.flatten_hold,
             flatten_in_process_below: settings.flatten_in_process_below,
+            project: request.context.project().map(str::to_string),
         })
     }
+    /// Ok if `images/<image_id>` is this job's own clone; the refusal saying what it is
+    /// otherwise. A missing clone is left for the caller's own open to report.
+    pub async fn require_own_clone(&self) -> Result<(), JobError> {
+        let (pool, names, image_id) = (self.image_pool.clone(), self.names.clone(), self.image_id);
+        let owner =
+            run_blocking(move || crate::provenance::inspect_clone(&pool, &names, image_id)).await?;
+        Ok(owner.require_this_job(&self.names)?)
+    }
+
     /// The job's Glance image as it is now; an image deleted meanwhile is `ImageGone`.
     pub async fn glance_image(&self) -> Result<ImageRecord, JobError> {
         match self.glance.get_image(self.image_id).await {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::Channel;
 use snapq_common::job::{now_ms, JobState};
-use snapq_common::message::SnapshotRequest;
+use snapq_common::message::{reply_to_of, RpcFailure, SnapshotRequest};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::consumer::WorkerSettings;
 use crate::context::JobContext;
-use crate::delivery::{ack, hand_over, history, nack};
-use crate::error::JobError;
+use crate::delivery::{ack, hand_over, history, nack, DeadLetterReason, Held};
+use crate::error::{Disposition, JobError};
 use crate::lease::{JobLease, LeaseError};
 use crate::{cleanup, fallback, reply};
 
@@ -22,17 +22,26 @@ use crate::{cleanup, fallback, reply};
 const FALLBACK_REASONS: [&str; 2] = ["fallback", "retries-exhausted"];
 
 pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let decoded = crate::delivery::decode_job(&delivery);
-    let (request, mut state) = match decoded {
+    let held = Held::new(&delivery);
+    let (request, mut state) = match crate::delivery::decode_job(&delivery) {
         Ok(decoded) => decoded,
-        Err(detail) => {
-            error!(error = %detail, "parking a malformed message");
+        Err(bad) => {
+            error!(error = %bad.detail, "parking a malformed message");
+            // The work consumer answered the calls it dead-lettered itself (they carry its
+            // reason); one that reached this queue another way is answered here.
+            let answered = JobState::from_headers(delivery.properties.headers().as_ref())
+                .is_ok_and(|s| s.reason.is_some());
+            if !answered {
+                if let Some(reply_to) = reply_to_of(&delivery.data) {
+                    reply::send_to(channel, &reply_to, None, Some(bad.failure)).await;
+                }
+            }
             let state = JobState {
-                reason: Some("malformed".into()),
-                last_error: Some(detail),
+                reason: Some(DeadLetterReason::Malformed.name().into()),
+                last_error: Some(bad.detail),
                 ..JobState::fresh()
             };
-            park(settings, channel, &delivery, &state).await;
+            park(settings, channel, &held, &state).await;
             return;
         }
     };
@@ -42,12 +51,34 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
         .unwrap_or_else(|| request.unique_id.clone());
     let span = info_span!("job", %job_id, image_id = %request.image_id, role = "dead-letter");
     async {
-        let reason = state.reason.clone().unwrap_or_else(|| "unknown".into());
-        if !FALLBACK_REASONS.contains(&reason.as_str()) {
-            warn!(%reason, error = state.last_error.as_deref().unwrap_or(""), "parking the job");
-            park(settings, channel, &delivery, &state).await;
+        let reason = state.reason.clone();
+        // Anyone on the bus can publish here too: the same policy as on the fast path.
+        if let Err(refusal) = settings.source_policy.check(&request.disk) {
+            let error = JobError::from(refusal);
+            error!(error = %error, disk = %request.disk, "refusing the request");
+            if !reason.as_deref().is_some_and(was_answered) {
+                reply::send(channel, &request, None, Some(reply::failure(&error))).await;
+            }
+            state.last_error = Some(error.to_string());
+            state.reason = Some(DeadLetterReason::Refused.name().into());
+            park(settings, channel, &held, &state).await;
             return;
         }
+        let Some(reason) = reason.filter(|r| FALLBACK_REASONS.contains(&r.as_str())) else {
+            warn!(reason = state.reason.as_deref().unwrap_or("none"), error = state.last_error.as_deref().unwrap_or(""), "parking the job");
+            if state.reason.is_none() {
+                // Dead-lettered by the broker itself (e.g. its delivery limit): nobody has
+                // answered the caller yet.
+                let failure = RpcFailure::new(
+                    "SnapshotFailed",
+                    "snapq.exceptions",
+                    "the request was dead-lettered by the broker before snapq finished it; parked for an operator",
+                );
+                reply::send(channel, &request, None, Some(failure)).await;
+            }
+            park(settings, channel, &held, &state).await;
+            return;
+        };
         // One line an operator can act on: why the fast path was not used.
         warn!(
             %reason,
@@ -69,7 +100,7 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
                 state.last_error = Some(e.to_string());
                 state.reason = Some("fallback-failed".into());
                 reply::send(channel, &request, None, Some(reply::failure(&e))).await;
-                park(settings, channel, &delivery, &state).await;
+                park(settings, channel, &held, &state).await;
                 return;
             }
         };
@@ -100,9 +131,13 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
             Err(e) => {
                 error!(error = %e, "the full copy failed too; parking the job");
                 state.last_error = Some(e.to_string());
-                state.reason = Some("fallback-failed".into());
+                state.reason = Some(if e.disposition() == Disposition::Refuse {
+                    DeadLetterReason::Refused.name().into()
+                } else {
+                    "fallback-failed".into()
+                });
                 reply::send(channel, &request, None, Some(reply::failure(&e))).await;
-                park(settings, channel, &delivery, &state).await;
+                park(settings, channel, &held, &state).await;
             }
         }
     }
@@ -127,19 +162,18 @@ async fn run_fallback(
 }
 
 /// Moves the job to the parking lot (confirmed), then acknowledges it here.
-async fn park(settings: &WorkerSettings, channel: &Channel, delivery: &Delivery, state: &JobState) {
-    let parked = hand_over(
-        channel,
-        "",
-        &settings.topology.parked_queue,
-        delivery,
-        state,
-    )
-    .await;
+async fn park(settings: &WorkerSettings, channel: &Channel, held: &Held<'_>, state: &JobState) {
+    let parked = hand_over(channel, "", &settings.topology.parked_queue, held, state).await;
     if let Err(e) = parked {
         // Keep it in the dead-letter queue rather than lose it.
         warn!(error = %e, "could not park the job; leaving it in the dead-letter queue");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        nack(delivery, true).await;
+        nack(held.delivery, true).await;
     }
+}
+
+/// Whether the work consumer answered the caller when it dead-lettered a job for `reason`
+/// (it does for every reason but the full copy's, which the full copy answers).
+fn was_answered(reason: &str) -> bool {
+    !FALLBACK_REASONS.contains(&reason)
 }

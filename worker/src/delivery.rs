@@ -13,14 +13,14 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError};
 use snapq_common::job::{now_ms, HistoryEntry, JobState, Step};
-use snapq_common::message::SnapshotRequest;
+use snapq_common::message::{reply_to_of, without_secrets, RpcFailure, SnapshotRequest};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::consumer::WorkerSettings;
 use crate::context::JobContext;
 use crate::error::{Disposition, JobError};
 use crate::lease::{JobLease, LeaseError};
-use crate::{cleanup, failpoint, reply, steps};
+use crate::{cleanup, failpoint, gate, reply, steps};
 
 /// Why a job left the work queue for the dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,7 @@ pub enum DeadLetterReason {
     Malformed,
     Fallback,
     Park,
+    Refused,
     RetriesExhausted,
 }
 
@@ -37,39 +38,67 @@ impl DeadLetterReason {
             DeadLetterReason::Malformed => "malformed",
             DeadLetterReason::Fallback => "fallback",
             DeadLetterReason::Park => "park",
+            DeadLetterReason::Refused => "refused",
             DeadLetterReason::RetriesExhausted => "retries-exhausted",
         }
     }
 }
 
-/// The request and its job state from a delivery, or why they cannot be read (an error that
-/// names the field or header).
-pub(crate) fn decode_job(delivery: &Delivery) -> Result<(SnapshotRequest, JobState), String> {
-    let request = SnapshotRequest::decode(&delivery.data).map_err(|e| e.to_string())?;
-    let state = JobState::from_headers(delivery.properties.headers().as_ref())
-        .map_err(|e| e.to_string())?;
+/// A delivery as snapq holds it: the broker's message and its body without the caller's
+/// secrets, which is what every republished copy carries (checkpoints, retries, dead letters).
+pub(crate) struct Held<'a> {
+    pub delivery: &'a Delivery,
+    pub body: Vec<u8>,
+}
+
+impl<'a> Held<'a> {
+    pub fn new(delivery: &'a Delivery) -> Held<'a> {
+        Held {
+            delivery,
+            body: without_secrets(&delivery.data),
+        }
+    }
+}
+
+/// Why a delivery cannot be read: the detail names the field or header; `failure` is what an
+/// oslo caller gets back.
+pub(crate) struct Undecodable {
+    pub detail: String,
+    pub failure: RpcFailure,
+}
+
+/// The request and its job state from a delivery, or why they cannot be read.
+pub(crate) fn decode_job(delivery: &Delivery) -> Result<(SnapshotRequest, JobState), Undecodable> {
+    let request = SnapshotRequest::decode(&delivery.data).map_err(|e| Undecodable {
+        detail: e.to_string(),
+        failure: e.rpc_failure(),
+    })?;
+    let state = JobState::from_headers(delivery.properties.headers().as_ref()).map_err(|e| {
+        let detail = e.to_string();
+        Undecodable {
+            failure: RpcFailure::new("InvalidRequest", "snapq.exceptions", detail.clone()),
+            detail,
+        }
+    })?;
     Ok((request, state))
 }
 
 pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let decoded = decode_job(&delivery);
-    let (request, mut state) = match decoded {
+    let held = Held::new(&delivery);
+    let (request, mut state) = match decode_job(&delivery) {
         Ok(decoded) => decoded,
-        Err(detail) => {
-            // Nothing can make this message valid: dead-letter it untouched, never touch Ceph.
-            error!(error = %detail, "dead-lettering a malformed request");
+        Err(bad) => {
+            // Nothing can make this message valid: answer a `call` at once, then dead-letter
+            // the message (without secrets) untouched otherwise; Ceph is never touched.
+            error!(error = %bad.detail, "dead-lettering a malformed request");
+            if let Some(reply_to) = reply_to_of(&delivery.data) {
+                reply::send_to(channel, &reply_to, None, Some(bad.failure)).await;
+            }
             let state = JobState {
-                last_error: Some(detail),
+                last_error: Some(bad.detail),
                 ..JobState::fresh()
             };
-            dead_letter(
-                settings,
-                channel,
-                &delivery,
-                state,
-                DeadLetterReason::Malformed,
-            )
-            .await;
+            dead_letter(settings, channel, &held, state, DeadLetterReason::Malformed).await;
             return;
         }
     };
@@ -85,34 +114,53 @@ pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Deli
         return;
     };
     let span = info_span!("job", %job_id, image_id = %request.image_id, step = step.name(), attempt = state.attempt);
-    run_step(settings, channel, &delivery, &request, state, step)
-        .instrument(span)
-        .await
+    async {
+        // Who may ask for what, before anything (even the lease) touches Ceph.
+        if let Err(refusal) = settings.source_policy.check(&request.disk) {
+            let error = JobError::from(refusal);
+            error!(error = %error, disk = %request.disk, "refusing the request");
+            state.last_error = Some(error.to_string());
+            reply::send(channel, &request, None, Some(reply::failure(&error))).await;
+            dead_letter(settings, channel, &held, state, DeadLetterReason::Refused).await;
+            return;
+        }
+        run_step(settings, channel, &held, &request, state, step).await
+    }
+    .instrument(span)
+    .await
 }
 
 async fn run_step(
     settings: &WorkerSettings,
     channel: &Channel,
-    delivery: &Delivery,
+    held: &Held<'_>,
     request: &SnapshotRequest,
     mut state: JobState,
     step: Step,
 ) {
+    let ctx = match JobContext::new(settings, request) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            retry_or_dead_letter(settings, channel, held, request, state, step, e).await;
+            return;
+        }
+    };
+    if step == Step::SnapshotSource {
+        // A request for another project's image is refused before the lease, which would
+        // otherwise be the one thing it left in Ceph.
+        if let Err(e) = gate::check_project(&ctx).await {
+            retry_or_dead_letter(settings, channel, held, request, state, step, e).await;
+            return;
+        }
+    }
     let lease_started = Instant::now();
     let lease = match JobLease::for_job(settings, request).await {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
-            // Another worker runs this job right now (a duplicate delivery): come back later,
+            // Another worker runs this job right now (a duplicate held): come back later,
             // without spending the step's attempt budget.
             info!("another worker holds the job's lease; requeueing for later");
-            requeue_after(
-                settings,
-                channel,
-                delivery,
-                &state,
-                Duration::from_millis(500),
-            )
-            .await;
+            requeue_after(settings, channel, held, &state, Duration::from_millis(500)).await;
             return;
         }
         Err(LeaseError::Ceph(e)) => {
@@ -120,7 +168,7 @@ async fn run_step(
             retry_or_dead_letter(
                 settings,
                 channel,
-                delivery,
+                held,
                 request,
                 state,
                 step,
@@ -144,12 +192,9 @@ async fn run_step(
     );
     failpoint::hit(&format!("before:{}", step.name()));
     let started = Instant::now();
-    let result = match JobContext::new(settings, request) {
-        Ok(ctx) => tokio::select! {
-            result = steps::ensure(step, &ctx) => result,
-            _ = lease.lost() => Err(JobError::LeaseLost),
-        },
-        Err(e) => Err(e),
+    let result = tokio::select! {
+        result = steps::ensure(step, &ctx) => result,
+        _ = lease.lost() => Err(JobError::LeaseLost),
     };
     let took = started.elapsed();
     match result {
@@ -179,7 +224,7 @@ async fn run_step(
                             channel,
                             &settings.topology.request_exchange,
                             &settings.topology.request_routing_key,
-                            delivery,
+                            held,
                             &next
                         ),
                         lease.release(false),
@@ -188,14 +233,14 @@ async fn run_step(
                         // Not acknowledged: the broker redelivers the old message and the step,
                         // already done, is skipped.
                         warn!(error = %e, "could not publish the checkpoint; the step will be re-checked");
-                        nack(delivery, true).await;
+                        nack(held.delivery, true).await;
                     } else {
                         tracing::debug!(
                             ms = publishing.elapsed().as_secs_f64() * 1e3,
                             "checkpoint published, lease released"
                         );
                         failpoint::hit(&format!("published:{}", step.name()));
-                        ack(delivery).await;
+                        ack(held.delivery).await;
                     }
                 }
                 None => {
@@ -212,27 +257,20 @@ async fn run_step(
                         None,
                     )
                     .await;
-                    ack(delivery).await;
+                    ack(held.delivery).await;
                 }
             }
         }
         Err(JobError::FlattenInProgress { percent }) => {
             info!(percent, "flatten still running; checkpointing its progress");
             state.flatten_progress = Some(percent);
-            requeue_after(
-                settings,
-                channel,
-                delivery,
-                &state,
-                Duration::from_millis(500),
-            )
-            .await;
+            requeue_after(settings, channel, held, &state, Duration::from_millis(500)).await;
             lease.release(false).await;
         }
         Err(e) => {
             state.record(history(settings, step.name(), took, "failed"));
             lease.release(false).await;
-            retry_or_dead_letter(settings, channel, delivery, request, state, step, e).await;
+            retry_or_dead_letter(settings, channel, held, request, state, step, e).await;
         }
     }
 }
@@ -256,7 +294,7 @@ pub(crate) fn history(
 async fn retry_or_dead_letter(
     settings: &WorkerSettings,
     channel: &Channel,
-    delivery: &Delivery,
+    held: &Held<'_>,
     request: &SnapshotRequest,
     mut state: JobState,
     step: Step,
@@ -268,25 +306,30 @@ async fn retry_or_dead_letter(
         let delay = retry_delay(state.attempt);
         warn!(error = %error, attempt = state.attempt, delay_ms = delay.as_millis() as u64, "transient failure; will retry");
         state.attempt += 1;
-        requeue_after(settings, channel, delivery, &state, delay).await;
+        requeue_after(settings, channel, held, &state, delay).await;
         return;
     }
     let reason = match disposition {
         Disposition::Retry => DeadLetterReason::RetriesExhausted,
         Disposition::Fallback => DeadLetterReason::Fallback,
         Disposition::Park => DeadLetterReason::Park,
+        Disposition::Refuse => DeadLetterReason::Refused,
     };
-    error!(error = %error, step = step.name(), reason = reason.name(), "job failed; cleaning up and dead-lettering it");
-    if let Ok(ctx) = JobContext::new(settings, request) {
-        if let Err(cleanup_error) = cleanup::remove_partial_state(&ctx).await {
-            error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
+    if error.must_not_clean_up() {
+        error!(error = %error, step = step.name(), reason = reason.name(), "job refused; touching nothing and dead-lettering it");
+    } else {
+        error!(error = %error, step = step.name(), reason = reason.name(), "job failed; cleaning up and dead-lettering it");
+        if let Ok(ctx) = JobContext::new(settings, request) {
+            if let Err(cleanup_error) = cleanup::remove_partial_state(&ctx).await {
+                error!(error = %cleanup_error, "cleanup failed; the dead-letter consumer will retry it");
+            }
         }
     }
     // A job going to the full-copy fallback is answered by the dead-letter consumer.
-    if reason == DeadLetterReason::Park {
+    if matches!(reason, DeadLetterReason::Park | DeadLetterReason::Refused) {
         reply::send(channel, request, None, Some(reply::failure(&error))).await;
     }
-    dead_letter(settings, channel, delivery, state, reason).await;
+    dead_letter(settings, channel, held, state, reason).await;
 }
 
 /// Exponential backoff with full jitter for transient failures.
@@ -307,14 +350,14 @@ fn retry_delay(attempt: u32) -> Duration {
 async fn requeue_after(
     settings: &WorkerSettings,
     channel: &Channel,
-    delivery: &Delivery,
+    held: &Held<'_>,
     state: &JobState,
     delay: Duration,
 ) {
     let tier = settings.topology.retry_queue_for(delay);
-    if let Err(e) = hand_over(channel, "", &tier.name, delivery, state).await {
+    if let Err(e) = hand_over(channel, "", &tier.name, held, state).await {
         warn!(error = %e, "could not publish to the retry queue; requeueing directly");
-        nack(delivery, true).await;
+        nack(held.delivery, true).await;
     }
 }
 
@@ -322,7 +365,7 @@ async fn requeue_after(
 async fn dead_letter(
     settings: &WorkerSettings,
     channel: &Channel,
-    delivery: &Delivery,
+    held: &Held<'_>,
     mut state: JobState,
     reason: DeadLetterReason,
 ) {
@@ -332,14 +375,14 @@ async fn dead_letter(
         channel,
         &topology.dead_letter_exchange,
         &topology.dead_letter_routing_key,
-        delivery,
+        held,
         &state,
     )
     .await;
     if let Err(e) = handed_over {
         // Rejecting routes it to the same dead-letter exchange through the broker.
         warn!(error = %e, "could not publish to the dead-letter exchange; rejecting instead");
-        nack(delivery, false).await;
+        nack(held.delivery, false).await;
     }
 }
 
@@ -350,11 +393,11 @@ pub(crate) async fn hand_over(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
-    delivery: &Delivery,
+    held: &Held<'_>,
     state: &JobState,
 ) -> Result<(), AmqpError> {
-    publish_state(channel, exchange, routing_key, delivery, state).await?;
-    ack(delivery).await;
+    publish_state(channel, exchange, routing_key, held, state).await?;
+    ack(held.delivery).await;
     Ok(())
 }
 
@@ -362,14 +405,14 @@ async fn publish_state(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
-    delivery: &Delivery,
+    held: &Held<'_>,
     state: &JobState,
 ) -> Result<(), AmqpError> {
     publish_confirmed(
         channel,
         exchange,
         routing_key,
-        &delivery.data,
+        &held.body,
         oslo_properties().with_headers(state.to_headers()),
     )
     .await

@@ -16,6 +16,61 @@ pub enum Disposition {
     Fallback,
     /// Nothing will make this job succeed as sent: clean up and park it for an operator.
     Park,
+    /// The request names something snapq must not touch: answer the caller, park the job,
+    /// and remove nothing but what this job itself made.
+    Refuse,
+}
+
+/// A request snapq will not carry out, and why. Each message says what was found; "refusing
+/// to touch" appears only where snapq indeed leaves the thing as it found it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("args.disk: pool '{pool}' is not an allowed source pool (allowed: {allowed}); refusing the request")]
+    PoolNotAllowed { pool: String, allowed: String },
+    #[error(
+        "args.disk: pool '{pool}' is Glance's pool, which is never a source; refusing the request"
+    )]
+    GlancePool { pool: String },
+    #[error("args.disk: '{name}' does not match the allowed disk names ({pattern}); refusing the request")]
+    NameNotAllowed { name: String, pattern: String },
+    #[error("Glance image {image_id} is owned by project {owner}, not by the request's project {project}; refusing to touch it")]
+    OtherProject {
+        image_id: Uuid,
+        owner: String,
+        project: String,
+    },
+    #[error("Glance image {image_id} is '{status}', not 'queued' and waiting for this snapshot; refusing to touch it")]
+    ImageNotWaiting { image_id: Uuid, status: String },
+    #[error("Glance image {image_id} has disk_format {disk_format}, but an RBD clone is raw data; refusing to touch it")]
+    NotRaw { image_id: Uuid, disk_format: String },
+    #[error("Glance image {image_id} already has a location snapq did not register for this job ({location}); refusing to touch it")]
+    ForeignLocation { image_id: Uuid, location: String },
+    #[error("{image} exists but carries no snapq mark ({found}); refusing to touch it")]
+    Unmarked { image: String, found: String },
+    #[error("{image} was made by snapq for {made_for}, not for {wanted}; refusing to touch it")]
+    OtherJob {
+        image: String,
+        made_for: String,
+        wanted: String,
+    },
+    #[error("Glance image {image_id} is active, but snapq cannot show it made that data from {disk}; refusing to touch it")]
+    UnprovenData { image_id: Uuid, disk: String },
+}
+
+impl Refusal {
+    /// Refusals about who asks for what (not about what exists): decided before snapq looks
+    /// at Ceph, so the job has made nothing and another job of the same image may be running.
+    /// Such a job must not clean up anything.
+    pub fn is_about_the_request(&self) -> bool {
+        matches!(
+            self,
+            Refusal::PoolNotAllowed { .. }
+                | Refusal::GlancePool { .. }
+                | Refusal::NameNotAllowed { .. }
+                | Refusal::OtherProject { .. }
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +88,8 @@ pub enum JobError {
     SourceMissing { disk: String },
     #[error("Glance image {image_id} no longer exists (deleted while the snapshot was made)")]
     ImageGone { image_id: Uuid },
-    #[error("Glance image {image_id} is '{status}' with other data; refusing to touch it")]
+    #[error("Glance image {image_id} became '{status}' while snapq was making it")]
     ImageConflict { image_id: Uuid, status: String },
-    #[error(
-        "Glance image {image_id} expects disk_format '{disk_format}', but an RBD clone is raw"
-    )]
-    NotRaw { image_id: Uuid, disk_format: String },
     #[error("the instance disk is in cluster {disk_fsid} but Glance stores images in cluster {store_fsid}")]
     DifferentCluster {
         disk_fsid: String,
@@ -48,13 +99,8 @@ pub enum JobError {
     FlattenInProgress { percent: u8 },
     #[error("the job's lease was lost to another worker")]
     LeaseLost,
-    #[error(
-        "{image} already exists and is not a clone of {expected_parent}; refusing to touch it"
-    )]
-    ForeignImage {
-        image: String,
-        expected_parent: String,
-    },
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
 }
 
 impl JobError {
@@ -68,15 +114,20 @@ impl JobError {
             JobError::Amqp(_) | JobError::FlattenInProgress { .. } | JobError::LeaseLost => {
                 Disposition::Retry
             }
+            JobError::Refused(_) => Disposition::Refuse,
             JobError::Ceph(_)
             | JobError::Glance(_)
             | JobError::Invalid(_)
             | JobError::SourceMissing { .. }
-            | JobError::NotRaw { .. }
             | JobError::ImageGone { .. }
-            | JobError::ImageConflict { .. }
-            | JobError::ForeignImage { .. } => Disposition::Park,
+            | JobError::ImageConflict { .. } => Disposition::Park,
         }
+    }
+
+    /// Whether the failed job must leave Ceph exactly as it is, its own leftovers included
+    /// (see [`Refusal::is_about_the_request`]).
+    pub fn must_not_clean_up(&self) -> bool {
+        matches!(self, JobError::Refused(refusal) if refusal.is_about_the_request())
     }
 }
 

@@ -14,10 +14,14 @@ pub mod delivery;
 pub mod error;
 pub mod failpoint;
 pub mod fallback;
+pub mod gate;
 pub mod lease;
 pub mod names;
+pub mod policy;
+pub mod provenance;
 pub mod reply;
 pub mod steps;
 
 pub use consumer::{run_worker, Role, WorkerSettings};
-pub use error::{Disposition, JobError};
+pub use error::{Disposition, JobError, Refusal};
+pub use policy::SourcePolicy;

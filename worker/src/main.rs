@@ -7,7 +7,7 @@ use clap::Parser;
 use snapq_common::amqp::Topology;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
 use snapq_common::glance::GlanceClient;
-use snapq_worker::{run_worker, Role, WorkerSettings};
+use snapq_worker::{run_worker, Role, SourcePolicy, WorkerSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,12 +53,32 @@ struct Args {
     /// Seconds running steps may take to finish after SIGTERM.
     #[arg(long, env = "SNAPQ_SHUTDOWN_GRACE", default_value_t = 60)]
     shutdown_grace: u64,
+    /// Pools requests may name a disk in (comma-separated). Glance's pool is never allowed.
+    #[arg(
+        long,
+        env = "SNAPQ_SOURCE_POOLS",
+        default_value = "vms",
+        value_delimiter = ','
+    )]
+    source_pools: Vec<String>,
+    /// Regular expression a requested disk's name must match (default: Nova's
+    /// `<uuid>_disk`, `<uuid>_disk.local`, `<uuid>_disk.eph<N>`).
+    #[arg(long, env = "SNAPQ_DISK_NAME_PATTERN", default_value = snapq_worker::policy::NOVA_DISK_NAME_PATTERN)]
+    disk_name_pattern: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     snapq_common::logging::init("info,lapin=warn");
     let args = Args::parse();
+    let source_policy = SourcePolicy::new(
+        &args.source_pools,
+        &args.disk_name_pattern,
+        &args.ceph.glance_pool,
+    )?;
+    // Secrets first: a refused setting must not wait for Ceph.
+    let amqp_url = args.amqp.resolve()?;
+    let glance_config = args.glance.config()?;
     if !snapq_common::rbd::return_large_frees_to_the_os() {
         tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");
     }
@@ -71,12 +91,11 @@ async fn main() -> anyhow::Result<()> {
     let image_pool = cluster
         .pool(&args.ceph.glance_pool)
         .context("opening Glance's pool")?;
-    let glance =
-        GlanceClient::new(args.glance.config()).context("configuring the Glance client")?;
+    let glance = GlanceClient::new(glance_config).context("configuring the Glance client")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let settings = WorkerSettings {
         role: args.role,
-        amqp_url: args.amqp.url.clone(),
+        amqp_url,
         topology: Topology::new(args.amqp.topology()),
         cluster,
         image_pool,
@@ -89,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(args.lease_seconds),
         max_attempts: args.max_attempts,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        source_policy,
         name: format!("snapq-worker:{host}:{}", std::process::id()),
     };
     run_worker(settings, shutdown_signal()).await?;

@@ -3,10 +3,10 @@
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed};
 use snapq_common::job::JobState;
-use snapq_common::message::{RpcFailure, RpcReply, SnapshotRequest};
+use snapq_common::message::{ReplyTo, RpcFailure, RpcReply, SnapshotRequest};
 use tracing::warn;
 
-use crate::error::JobError;
+use crate::error::{Disposition, JobError};
 
 /// How the image was made: inside Ceph.
 pub const METHOD_DIRECT: &str = "direct";
@@ -28,12 +28,14 @@ pub fn success_result(
     })
 }
 
+/// The remote error a failed job's caller gets: `snapq.exceptions.SnapshotRefused` when snapq
+/// would not touch what the request names, `SnapshotFailed` otherwise.
 pub fn failure(error: &JobError) -> RpcFailure {
-    RpcFailure {
-        class: "SnapshotFailed".into(),
-        module: "snapq".into(),
-        message: error.to_string(),
-    }
+    let class = match error.disposition() {
+        Disposition::Refuse => "SnapshotRefused",
+        _ => "SnapshotFailed",
+    };
+    RpcFailure::new(class, "snapq.exceptions", error.to_string())
 }
 
 /// Sends the reply if the request was a `call`. A caller that went away is not an error of
@@ -44,9 +46,19 @@ pub async fn send(
     result: Option<serde_json::Value>,
     failure: Option<RpcFailure>,
 ) {
-    let Some(reply_to) = &request.reply else {
-        return;
-    };
+    if let Some(reply_to) = &request.reply {
+        send_to(channel, reply_to, result, failure).await;
+    }
+}
+
+/// Sends a reply to `reply_to` (for a request that could not even be decoded, the address
+/// salvaged from its body).
+pub async fn send_to(
+    channel: &Channel,
+    reply_to: &ReplyTo,
+    result: Option<serde_json::Value>,
+    failure: Option<RpcFailure>,
+) {
     let reply = RpcReply {
         msg_id: reply_to.msg_id.clone(),
         result,

@@ -3,16 +3,17 @@
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::error::{redact_url, AmqpError};
+use super::error::{redact_url, scrub, AmqpError};
 
-/// Connects to the broker; `name` shows in the management UI's connection list.
+/// Connects to the broker; `name` shows in the management UI's connection list. The error
+/// shows the URL without its password (lapin's own text may quote the URL: it is scrubbed).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties)
         .await
         .map_err(|e| AmqpError::Connect {
             address: redact_url(url),
-            detail: e.to_string(),
+            detail: scrub(&e.to_string(), url),
         })
 }
 

@@ -6,6 +6,6 @@ mod publish;
 mod topology;
 
 pub use connection::{connect, open_confirmed_channel};
-pub use error::AmqpError;
+pub use error::{redact_url, AmqpError};
 pub use publish::{oslo_properties, publish_confirmed};
 pub use topology::{declare_topology, Topology, TopologyConfig};

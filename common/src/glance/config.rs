@@ -28,7 +28,16 @@ impl GlanceConfig {
             reason,
         };
         let base = self.url.trim().trim_end_matches('/');
-        let parsed = reqwest::Url::parse(base).map_err(|e| invalid(format!("'{base}': {e}")))?;
+        // Credentials belong in `token`; a URL holding them is never echoed in the error.
+        let credentials = || invalid("must not contain credentials".to_string());
+        let parsed = match reqwest::Url::parse(base) {
+            Ok(parsed) => parsed,
+            Err(_) if base.contains('@') => return Err(credentials()),
+            Err(e) => return Err(invalid(format!("'{base}': {e}"))),
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(credentials());
+        }
         match parsed.scheme() {
             "http" => {}
             "https" => {
@@ -42,14 +51,9 @@ impl GlanceConfig {
         if parsed.host().is_none() {
             return Err(invalid(format!("'{base}': no host")));
         }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            // Credentials belong in `token`; a URL ends up in logs and errors.
-            return Err(invalid("must not contain credentials".to_string()));
-        }
         if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(invalid(format!(
-                "'{base}': must not have a query or fragment"
-            )));
+            // Not echoed: a query may hold a secret too.
+            return Err(invalid("must not have a query or fragment".to_string()));
         }
         if self.request_timeout.is_zero() {
             return Err(GlanceError::InvalidConfig {
@@ -117,6 +121,20 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn url_errors_never_echo_credentials_or_queries() {
+        for url in [
+            "https://u:s3cret-pw@glance",
+            "ftp://u:s3cret-pw@glance",
+            "http://u:s3cret-pw@gla nce",
+            "http://glance/?token=s3cret-pw",
+        ] {
+            let err = config(url).validated_base_url().unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("s3cret-pw"), "{url}: {shown}");
+        }
     }
 
     #[test]

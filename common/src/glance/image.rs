@@ -49,11 +49,35 @@ pub struct ImageRecord {
     pub os_hash_value: Option<String>,
     /// Where the data lives, e.g. `rbd://<fsid>/images/<id>/snap` (if `show_image_direct_url`).
     pub direct_url: Option<String>,
+    /// The project that owns the image.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The image's locations, when Glance shows them (`show_multiple_locations`).
+    #[serde(default)]
+    pub locations: Option<Vec<ImageLocation>>,
+}
+
+/// One entry of an image's `locations`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageLocation {
+    pub url: String,
 }
 
 impl ImageRecord {
     pub fn is_active(&self) -> bool {
         self.status == "active"
+    }
+
+    /// Every location Glance shows for the image: `direct_url` and `locations`, without
+    /// repeats. Empty either when the image has none or when Glance hides them.
+    pub fn known_locations(&self) -> Vec<&str> {
+        let mut urls: Vec<&str> = self.direct_url.iter().map(String::as_str).collect();
+        for location in self.locations.iter().flatten() {
+            if !urls.contains(&location.url.as_str()) {
+                urls.push(&location.url);
+            }
+        }
+        urls
     }
 }
 

@@ -12,6 +12,49 @@ use super::MessageError;
 /// message (`pack_context`).
 pub const CONTEXT_KEY_PREFIX: &str = "_context_";
 
+/// oslo.utils `strutils._SANITIZE_KEYS` (oslo.utils 7), lower-case, plus `passwd`, `pswd` and
+/// `credential`. Matched as substrings of the lower-cased key, as oslo.utils matches them.
+pub(crate) const SECRET_KEY_WORDS: &[&str] = &[
+    "adminpass",
+    "admin_pass",
+    "password",
+    "admin_password",
+    "auth_token",
+    "new_pass",
+    "auth_password",
+    "secret_uuid",
+    "secret",
+    "sys_pswd",
+    "token",
+    "configdrive",
+    "chappassword",
+    "encrypted_key",
+    "private_key",
+    "fernetkey",
+    "sslkey",
+    "passphrase",
+    "cephclusterfsid",
+    "octaviaheartbeatkey",
+    "rabbitcookie",
+    "cephmanilaclientkey",
+    "pacemakerremoteauthkey",
+    "designaterndckey",
+    "cephadminkey",
+    "heatauthencryptionkey",
+    "cephclientkey",
+    "keystonecredential",
+    "barbicansimplecryptokek",
+    "cephrgwkey",
+    "swifthashsuffix",
+    "migrationsshkey",
+    "cephmdskey",
+    "cephmonkey",
+    "chapsecret",
+    "passwd",
+    "pswd",
+    "credential",
+];
+
 /// Longest request id accepted; oslo's are `req-` plus a hyphenated UUID, 40 bytes.
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
@@ -70,13 +113,35 @@ impl RequestContext {
         self.values.is_empty()
     }
 
-    /// Whether the value of `key` is a credential: `auth_token` and any key containing `token`,
-    /// `password` or `secret`, in any case.
+    /// The project the request acts for: `project_id`, else oslo.context's older `project`
+    /// (or `tenant`) key. None when the caller sent none.
+    pub fn project(&self) -> Option<&str> {
+        ["project_id", "project", "tenant"]
+            .iter()
+            .find_map(|key| self.values.get(*key).and_then(Value::as_str))
+            .filter(|project| !project.is_empty())
+    }
+
+    /// Whether the value of `key` is a credential. A key is secret when, lower-cased, it contains
+    /// any word of oslo.utils' `strutils._SANITIZE_KEYS` (the list `mask_password` and
+    /// `mask_dict_password` use: `auth_token`, `token`, `password`, `secret`, `passphrase`,
+    /// `private_key`, ...) or one of a few more spellings (`passwd`, `credential`).
     pub fn is_secret_key(key: &str) -> bool {
         let key = key.to_ascii_lowercase();
-        ["token", "password", "secret"]
-            .iter()
-            .any(|word| key.contains(word))
+        SECRET_KEY_WORDS.iter().any(|word| key.contains(word))
+    }
+
+    /// A copy without the secret keys, for everything snapq writes or shows: republished
+    /// messages, replies, logs. Nothing snapq does needs the caller's credentials.
+    pub fn without_secrets(&self) -> RequestContext {
+        RequestContext {
+            values: self
+                .values
+                .iter()
+                .filter(|(key, _)| !RequestContext::is_secret_key(key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        }
     }
 
     /// Collects the `_context_*` keys of a decoded message, checking the ids that end up in logs.

@@ -28,6 +28,13 @@ pub enum MessageError {
     #[error("unknown method {method:?}, expected \"snapshot_instance\"")]
     UnknownMethod { method: String },
 
+    /// `version` asks for an RPC API version this endpoint does not implement.
+    #[error("invalid version: requested RPC API version {requested} is not compatible with {implemented}")]
+    IncompatibleVersion {
+        requested: String,
+        implemented: &'static str,
+    },
+
     /// A required field is absent.
     #[error("missing field {field}")]
     MissingField { field: &'static str },
@@ -45,9 +52,35 @@ impl MessageError {
             MessageError::InvalidField { field, .. } => Some(field),
             MessageError::UnsupportedVersion { .. } => Some("oslo.version"),
             MessageError::UnknownMethod { .. } => Some("method"),
+            MessageError::IncompatibleVersion { .. } => Some("version"),
             MessageError::TooLarge { .. }
             | MessageError::NotJson { .. }
             | MessageError::Envelope { .. } => None,
+        }
+    }
+
+    /// The remote error an oslo caller gets for a request refused with this error, as oslo's
+    /// own dispatcher reports the same faults: `NoSuchMethod` and `UnsupportedVersion` from
+    /// `oslo_messaging.rpc.dispatcher`, and snapq's `InvalidRequest` for everything else.
+    pub fn rpc_failure(&self) -> super::RpcFailure {
+        const DISPATCHER: &str = "oslo_messaging.rpc.dispatcher";
+        match self {
+            MessageError::UnknownMethod { method } => super::RpcFailure::new(
+                "NoSuchMethod",
+                DISPATCHER,
+                format!("Endpoint does not support RPC method {method}"),
+            ),
+            MessageError::IncompatibleVersion { requested, .. } => super::RpcFailure::new(
+                "UnsupportedVersion",
+                DISPATCHER,
+                format!(
+                    "Endpoint does not support RPC version {requested}. Attempted method: {}",
+                    super::METHOD_SNAPSHOT_INSTANCE
+                ),
+            ),
+            other => {
+                super::RpcFailure::new("InvalidRequest", "snapq.exceptions", other.to_string())
+            }
         }
     }
 

@@ -13,6 +13,7 @@ mod error;
 mod json;
 mod names;
 mod notification;
+mod redact;
 mod reply;
 mod request;
 
@@ -24,6 +25,7 @@ pub use names::{
     MAX_GLANCE_IMAGE_NAME_CHARS, MAX_IMAGE_NAME_BYTES, MAX_POOL_NAME_BYTES,
 };
 pub use notification::encode_notification;
+pub use redact::{reply_to_of, without_secrets, REDACTED};
 pub use reply::{RpcFailure, RpcReply};
 pub use request::{ReplyTo, SnapshotMode, SnapshotRequest};
 

@@ -190,12 +190,10 @@ fn check_version(inner: &Map<String, Value>) -> Result<(), MessageError> {
     if major == our_major && (minor, revision) <= (our_minor, our_revision) {
         Ok(())
     } else {
-        Err(MessageError::invalid(
-            FIELD,
-            format!(
-                "requested RPC API version {major}.{minor}.{revision} is not compatible with {RPC_API_VERSION}"
-            ),
-        ))
+        Err(MessageError::IncompatibleVersion {
+            requested: display_key(requested),
+            implemented: RPC_API_VERSION,
+        })
     }
 }
 
@@ -225,12 +223,33 @@ fn decode_reply_to(inner: &Map<String, Value>) -> Result<Option<ReplyTo>, Messag
         (Some(msg_id), Some(reply_queue)) => {
             check_routing_name("_msg_id", msg_id)?;
             check_routing_name("_reply_q", reply_queue)?;
+            check_reply_queue(reply_queue)?;
             Ok(Some(ReplyTo {
                 msg_id: msg_id.to_owned(),
                 reply_queue: reply_queue.to_owned(),
             }))
         }
     }
+}
+
+/// oslo's reply queues are `reply_<uuid4 hex>` (`amqpdriver.py`, one per caller process). Only
+/// such names are accepted, so that a request cannot make snapq publish into any other queue.
+fn check_reply_queue(reply_queue: &str) -> Result<(), MessageError> {
+    if is_oslo_reply_queue(reply_queue) {
+        Ok(())
+    } else {
+        Err(MessageError::invalid(
+            "_reply_q",
+            "must be an oslo.messaging reply queue name, reply_ followed by 32 lowercase hex digits",
+        ))
+    }
+}
+
+/// Whether `name` has the shape of an oslo reply queue: `reply_` and 32 lowercase hex digits.
+pub(crate) fn is_oslo_reply_queue(name: &str) -> bool {
+    name.strip_prefix("reply_").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The validated `args` object.

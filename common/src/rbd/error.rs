@@ -94,6 +94,10 @@ impl RbdError {
         self.kind == RbdErrorKind::NotFound
     }
 
+    pub fn is_already_exists(&self) -> bool {
+        self.kind == RbdErrorKind::AlreadyExists
+    }
+
     /// Worth retrying later: the cluster was slow or briefly unreachable.
     pub fn is_transient(&self) -> bool {
         matches!(

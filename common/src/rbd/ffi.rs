@@ -101,6 +101,13 @@ extern "C" {
         is_protected: *mut c_int,
     ) -> c_int;
     fn rbd_flatten_with_progress(image: RbdImageT, cb: ProgressFn, cbdata: *mut c_void) -> c_int;
+    fn rbd_metadata_get(
+        image: RbdImageT,
+        key: *const c_char,
+        value: *mut c_char,
+        val_len: *mut usize,
+    ) -> c_int;
+    fn rbd_metadata_set(image: RbdImageT, key: *const c_char, value: *const c_char) -> c_int;
     fn rbd_get_parent(
         image: RbdImageT,
         parent_image: *mut RbdLinkedImageSpec,
@@ -475,6 +482,47 @@ impl RawImage {
         // SAFETY: open handle, NUL-terminated name, valid out-pointer.
         check(unsafe { rbd_snap_is_protected(self.handle, name.as_ptr(), &mut protected) })?;
         Ok(protected != 0)
+    }
+
+    /// The value of image metadata `key`, or None if the image has no such key.
+    pub fn metadata_get(&self, key: &str) -> Result<Option<String>, Errno> {
+        let key = c_string(key)?;
+        let mut capacity: usize = 256;
+        loop {
+            let mut buf: Vec<u8> = vec![0; capacity];
+            let mut len = capacity;
+            // SAFETY: open handle, NUL-terminated key, a buffer of `len` bytes and its length.
+            let rc = unsafe {
+                rbd_metadata_get(
+                    self.handle,
+                    key.as_ptr(),
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    &mut len,
+                )
+            };
+            if rc == -libc::ERANGE && len > capacity && len <= 1 << 20 {
+                capacity = len;
+                continue;
+            }
+            if rc == -libc::ENOENT {
+                return Ok(None);
+            }
+            check(rc)?;
+            // librbd writes the value NUL-terminated; `len` counts the terminator.
+            let end = buf
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(len.min(buf.len()));
+            buf.truncate(end);
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+    }
+
+    /// Sets image metadata `key` to `value`.
+    pub fn metadata_set(&mut self, key: &str, value: &str) -> Result<(), Errno> {
+        let (key, value) = (c_string(key)?, c_string(value)?);
+        // SAFETY: open handle, NUL-terminated key and value.
+        check(unsafe { rbd_metadata_set(self.handle, key.as_ptr(), value.as_ptr()) })
     }
 
     /// Flattens the clone, calling `progress(done, total)` as librbd reports it.

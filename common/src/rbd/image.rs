@@ -144,6 +144,20 @@ impl Image {
             .map_err(|e| RbdError::new("check protection of", self.snap_target(snap), e))
     }
 
+    /// The value of image metadata `key` (`rbd image-meta get`), None if unset.
+    pub fn metadata(&self, key: &str) -> Result<Option<String>, RbdError> {
+        self.raw
+            .metadata_get(key)
+            .map_err(|e| RbdError::new("metadata get", self.spec.clone(), e))
+    }
+
+    /// Sets image metadata `key` (`rbd image-meta set`).
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<(), RbdError> {
+        self.raw
+            .metadata_set(key, value)
+            .map_err(|e| RbdError::new("metadata set", self.spec.clone(), e))
+    }
+
     /// Copies all data from the parent into this clone, making it independent.
     /// `progress(done, total)` is called as librbd advances.
     pub fn flatten(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), RbdError> {

@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::gate::{self, CopyAdmission};
 
 /// Prefix of the consistency snapshot the fallback reads from.
 pub const FALLBACK_SNAPSHOT_PREFIX: &str = "snapq-fallback-";
@@ -29,18 +30,13 @@ pub struct CopyReport {
 /// Copies the disk into the (queued) Glance image and waits until it is active. Idempotent:
 /// an image that is already active is left alone; the fallback snapshot is removed either way.
 pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError> {
-    let record = ctx.glance_image().await?;
-    if record.is_active() {
+    let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
+    if gate::admit_full_copy(ctx, fallback_snapshot_exists(ctx, &snapshot).await?).await?
+        == CopyAdmission::AlreadyMade
+    {
         remove_fallback_snapshot(ctx).await?;
         return Ok(None);
     }
-    if record.status != "queued" {
-        return Err(JobError::ImageConflict {
-            image_id: ctx.image_id,
-            status: record.status,
-        });
-    }
-    let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
     let (pool, disk, snap) = (
         ctx.source_pool.clone(),
         ctx.names.source.image.clone(),
@@ -93,6 +89,23 @@ pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError>
     };
     info!(seconds = report.seconds, "full copy done: image is active");
     Ok(Some(report))
+}
+
+/// Whether this job's full-copy snapshot is on the disk (a missing disk has none).
+async fn fallback_snapshot_exists(ctx: &JobContext, snapshot: &str) -> Result<bool, JobError> {
+    let (pool, disk, snap) = (
+        ctx.source_pool.clone(),
+        ctx.names.source.image.clone(),
+        snapshot.to_string(),
+    );
+    Ok(
+        run_blocking(move || match pool.open_read_only(&disk, None) {
+            Ok(image) => image.snap_exists(&snap),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await?,
+    )
 }
 
 /// Removes the fallback's consistency snapshot if it is there.

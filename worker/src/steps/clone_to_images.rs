@@ -1,49 +1,61 @@
-//! Step 2: clone the disk's snapshot into Glance's pool as `images/<image_id>`.
+//! Step 2: clone the disk's snapshot into Glance's pool as `images/<image_id>`, and mark the
+//! clone as this job's (see `provenance`).
 
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::provenance::{inspect_clone, mark_clone, CloneOwner};
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (source_pool, image_pool, names) = (
+    let (source_pool, image_pool, names, image_id) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
         ctx.names.clone(),
+        ctx.image_id,
     );
     run_blocking(move || {
-        match image_pool.open_read_only(&names.image, None) {
-            Ok(existing) => {
-                return Ok(match existing.parent()? {
-                    // Already flattened by an earlier attempt.
-                    None => Ok(StepReport::AlreadyDone),
-                    Some(p)
-                        if p.pool == names.source.pool
-                            && p.image == names.source.image
-                            && p.snap == names.source_snapshot =>
-                    {
-                        Ok(StepReport::AlreadyDone)
-                    }
-                    Some(_) => Err(JobError::ForeignImage {
-                        image: names.image_spec(),
-                        expected_parent: names.source_snapshot_spec(),
-                    }),
-                });
+        match inspect_clone(&image_pool, &names, image_id)? {
+            CloneOwner::ThisJob => return Ok(Ok(StepReport::AlreadyDone)),
+            // An earlier attempt cloned and stopped before marking: its parent link to this
+            // job's snapshot proves it.
+            CloneOwner::ThisJobUnmarked => {
+                mark_clone(&image_pool, &names, image_id)?;
+                return Ok(Ok(StepReport::Done));
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+            CloneOwner::Absent => {}
+            other => {
+                return Ok(other
+                    .require_this_job(&names)
+                    .map(|()| StepReport::AlreadyDone)
+                    .map_err(JobError::from))
+            }
         }
         let features = source_pool
             .open_read_only(&names.source.image, Some(&names.source_snapshot))?
             .features()?;
-        image_pool.clone_from(
+        match image_pool.clone_from(
             &source_pool,
             &names.source.image,
             &names.source_snapshot,
             &names.image,
             features,
-        )?;
+        ) {
+            Ok(()) => {}
+            // Someone made the name meanwhile: say whose it is, touch nothing.
+            Err(e) if e.is_already_exists() => {
+                let owner = inspect_clone(&image_pool, &names, image_id)?;
+                if !owner.is_this_job() {
+                    return Ok(owner
+                        .require_this_job(&names)
+                        .map(|()| StepReport::AlreadyDone)
+                        .map_err(JobError::from));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        mark_clone(&image_pool, &names, image_id)?;
         Ok(Ok(StepReport::Done))
     })
     .await?

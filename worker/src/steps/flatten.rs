@@ -25,6 +25,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    // Only this job's own clone is flattened (and so made to hold a copy of the disk).
+    ctx.require_own_clone().await?;
     let Some(allocated) = parent_allocated_bytes(ctx).await? else {
         return Ok(StepReport::AlreadyDone);
     };

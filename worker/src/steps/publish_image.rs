@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::StepReport;
 use crate::context::JobContext;
-use crate::error::JobError;
+use crate::error::{JobError, Refusal};
 use crate::names::IMAGE_SNAPSHOT;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -19,6 +19,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const REREGISTER_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    // `snap` is made only on this job's own clone.
+    ctx.require_own_clone().await?;
     let (image_pool, names) = (ctx.image_pool.clone(), ctx.names.clone());
     let mut report = run_blocking(move || {
         let mut image = image_pool.open(&names.image)?;
@@ -49,10 +51,11 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             return Ok(report);
         }
         "active" => {
-            return Err(JobError::ImageConflict {
+            return Err(Refusal::ForeignLocation {
                 image_id: ctx.image_id,
-                status: record.status,
-            })
+                location: record.direct_url.unwrap_or_default(),
+            }
+            .into())
         }
         "queued" => {
             register(ctx, &location).await?;

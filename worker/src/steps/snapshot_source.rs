@@ -1,12 +1,19 @@
-//! Step 1: snapshot the instance disk.
+//! Step 1: admit the job (the Glance image must be waiting for it), then snapshot the
+//! instance disk.
 
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::gate::{self, Admission};
+use crate::provenance::{inspect_clone, CloneOwner};
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
+    // Before anything is made, so a refused request leaves everything as it was.
+    if gate::admit(ctx).await? == Admission::AlreadyRegistered {
+        return Ok(StepReport::AlreadyDone);
+    }
     if let Some(store_fsid) = &ctx.glance_store_fsid {
         if store_fsid != &ctx.fsid {
             return Err(JobError::DifferentCluster {
@@ -15,19 +22,22 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             });
         }
     }
-    check_glance_image_takes_raw_data(ctx).await?;
-    let (source_pool, image_pool, names) = (
+    let (source_pool, image_pool, names, image_id) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
         ctx.names.clone(),
+        ctx.image_id,
     );
     run_blocking(move || {
-        // A clone that is already independent means a previous attempt got past the flatten;
-        // a new snapshot would only be removed again.
-        if let Ok(image) = image_pool.open_read_only(&names.image, None) {
-            if image.parent()?.is_none() {
-                return Ok(Ok(StepReport::AlreadyDone));
-            }
+        // This job's clone, already independent, means an earlier attempt got past the
+        // flatten; a new snapshot would only be removed again.
+        if inspect_clone(&image_pool, &names, image_id)? == CloneOwner::ThisJob
+            && image_pool
+                .open_read_only(&names.image, None)?
+                .parent()?
+                .is_none()
+        {
+            return Ok(Ok(StepReport::AlreadyDone));
         }
         let mut disk = match source_pool.open(&names.source.image) {
             Ok(disk) => disk,
@@ -51,17 +61,4 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         Ok(Ok(report))
     })
     .await?
-}
-
-/// An RBD clone is raw data: Glance must expect a raw image (like Nova's `is_cloneable`).
-/// Checked before anything is made, so a mismatch costs nothing to undo.
-async fn check_glance_image_takes_raw_data(ctx: &JobContext) -> Result<(), JobError> {
-    let record = ctx.glance_image().await?;
-    match record.disk_format.as_deref() {
-        None | Some("raw") => Ok(()),
-        Some(other) => Err(JobError::NotRaw {
-            image_id: ctx.image_id,
-            disk_format: other.to_string(),
-        }),
-    }
 }

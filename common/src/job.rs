@@ -14,7 +14,7 @@
 //! | `x-snapq-flatten-progress` | percent of the flatten done, while it runs |
 //! | `x-snapq-history` | JSON list of `{step, worker, at_ms, seconds, did}` (last 32) |
 //! | `x-snapq-last-error` | the last failure, one line |
-//! | `x-snapq-reason` | why the job was dead-lettered (`fallback`, `park`, `retries-exhausted`, `malformed`, `fallback-failed`) |
+//! | `x-snapq-reason` | why the job was dead-lettered ([`DeadLetterReason`]: `fallback`, `park`, `refused`, `retries-exhausted`, `malformed`, `fallback-failed`) |
 //! | `x-snapq-replays` | times an operator replayed the job from the parking lot |
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -92,6 +92,57 @@ pub struct HistoryEntry {
     pub did: String,
 }
 
+/// Why a job left the work queue (`x-snapq-reason`), one name each on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The message cannot be read as a request.
+    Malformed,
+    /// The fast path cannot work here: make a full copy.
+    Fallback,
+    /// Nothing will make the job succeed as sent.
+    Park,
+    /// The request names something snapq must not touch.
+    Refused,
+    /// A transient failure outlasted the attempt budget: make a full copy.
+    RetriesExhausted,
+    /// The full copy failed too.
+    FallbackFailed,
+}
+
+impl DeadLetterReason {
+    const ALL: [DeadLetterReason; 6] = [
+        DeadLetterReason::Malformed,
+        DeadLetterReason::Fallback,
+        DeadLetterReason::Park,
+        DeadLetterReason::Refused,
+        DeadLetterReason::RetriesExhausted,
+        DeadLetterReason::FallbackFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadLetterReason::Malformed => "malformed",
+            DeadLetterReason::Fallback => "fallback",
+            DeadLetterReason::Park => "park",
+            DeadLetterReason::Refused => "refused",
+            DeadLetterReason::RetriesExhausted => "retries-exhausted",
+            DeadLetterReason::FallbackFailed => "fallback-failed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeadLetterReason> {
+        DeadLetterReason::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Reasons the dead-letter consumer answers with a full copy; it parks the others.
+    pub fn wants_full_copy(self) -> bool {
+        matches!(
+            self,
+            DeadLetterReason::Fallback | DeadLetterReason::RetriesExhausted
+        )
+    }
+}
+
 /// The state of a job, read from and written to message headers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobState {
@@ -105,8 +156,21 @@ pub struct JobState {
     pub flatten_progress: Option<u8>,
     pub history: Vec<HistoryEntry>,
     pub last_error: Option<String>,
+    /// `x-snapq-reason` as found (a name [`DeadLetterReason`] may not know, from another
+    /// version, is kept as it is).
     pub reason: Option<String>,
     pub replays: u32,
+}
+
+impl JobState {
+    /// The dead-letter reason, if the job has one snapq knows.
+    pub fn dead_letter_reason(&self) -> Option<DeadLetterReason> {
+        self.reason.as_deref().and_then(DeadLetterReason::parse)
+    }
+
+    pub fn set_reason(&mut self, reason: DeadLetterReason) {
+        self.reason = Some(reason.name().to_string());
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

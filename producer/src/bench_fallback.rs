@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use snapq_common::glance::{GlanceClient, NewImage};
-use snapq_common::job::JobState;
+use snapq_common::job::{DeadLetterReason, JobState};
 use snapq_common::message::{DiskSpec, SnapshotRequest};
 use snapq_common::rbd::{run_blocking, Cluster};
 
@@ -143,7 +143,7 @@ async fn through_fallback(
         "snapq-bench-fallback".into(),
     );
     let state = JobState {
-        reason: Some("fallback".into()),
+        reason: Some(DeadLetterReason::Fallback.name().into()),
         job_id: Some(request.unique_id.clone()),
         ..JobState::fresh()
     };

@@ -5,7 +5,7 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError, Topology};
-use snapq_common::job::JobState;
+use snapq_common::job::{DeadLetterReason, JobState};
 use snapq_common::message::{without_secrets, SnapshotRequest};
 
 /// A parked job as read from the queue.
@@ -107,7 +107,7 @@ pub async fn replay(
         replays: previous.replays + 1,
         reason: match mode {
             ReplayMode::Direct => None,
-            ReplayMode::Fallback => Some("fallback".into()),
+            ReplayMode::Fallback => Some(DeadLetterReason::Fallback.name().into()),
         },
         last_error: previous.last_error.clone(),
         ..JobState::fresh()

@@ -1,5 +1,7 @@
 //! Publishing snapshot requests, as oslo.messaging's `cast` and `call` do.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod bench_fallback;
 pub mod jobs;

@@ -1,5 +1,7 @@
 //! `snapq`: asks the workers for an instance snapshot.
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};

@@ -2,62 +2,13 @@
 //! cleanup can run any number of times, from any worker.
 
 use snapq_common::glance::GlanceError;
-use snapq_common::rbd::{run_blocking, Pool, RbdError};
+use snapq_common::rbd::run_blocking;
 use tracing::{info, warn};
 
+use crate::artefacts::{remove_image_and_snapshot, remove_source_snapshot};
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::names::{ArtifactNames, IMAGE_SNAPSHOT};
 use crate::provenance::{inspect_clone, CloneOwner};
-use crate::steps::StepReport;
-
-/// Unprotects and removes `vms/<disk>@snapq-<image_id>` if it is there. Blocking.
-pub fn remove_source_snapshot(
-    source_pool: &Pool,
-    names: &ArtifactNames,
-) -> Result<StepReport, RbdError> {
-    let mut disk = match source_pool.open(&names.source.image) {
-        Ok(disk) => disk,
-        Err(e) if e.is_not_found() => return Ok(StepReport::AlreadyDone),
-        Err(e) => return Err(e),
-    };
-    if !disk.snap_exists(&names.source_snapshot)? {
-        return Ok(StepReport::AlreadyDone);
-    }
-    if disk.is_snap_protected(&names.source_snapshot)? {
-        disk.unprotect_snap(&names.source_snapshot)?;
-    }
-    match disk.remove_snap(&names.source_snapshot) {
-        Ok(()) => Ok(StepReport::Done),
-        Err(e) if e.is_not_found() => Ok(StepReport::AlreadyDone),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `images/<image_id>` and its `snap`, if there. Blocking. Only for this job's own
-/// clone, which Glance does not serve: the caller checks both.
-pub fn remove_image_and_snapshot(
-    image_pool: &Pool,
-    names: &ArtifactNames,
-) -> Result<StepReport, RbdError> {
-    let mut image = match image_pool.open(&names.image) {
-        Ok(image) => image,
-        Err(e) if e.is_not_found() => return Ok(StepReport::AlreadyDone),
-        Err(e) => return Err(e),
-    };
-    if image.snap_exists(IMAGE_SNAPSHOT)? {
-        if image.is_snap_protected(IMAGE_SNAPSHOT)? {
-            image.unprotect_snap(IMAGE_SNAPSHOT)?;
-        }
-        image.remove_snap(IMAGE_SNAPSHOT)?;
-    }
-    drop(image);
-    match image_pool.remove_image(&names.image) {
-        Ok(()) => Ok(StepReport::Done),
-        Err(e) if e.is_not_found() => Ok(StepReport::AlreadyDone),
-        Err(e) => Err(e),
-    }
-}
 
 /// What cleanup did with the clone in Glance's pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +42,8 @@ pub async fn remove_partial_state(ctx: &JobContext) -> Result<(), JobError> {
             CloneOwner::Absent => CloneCleanup::Absent,
             owner if !owner.is_this_job() => CloneCleanup::KeptNotOurs(owner),
             _ if glance_has_it => CloneCleanup::KeptForGlance,
-            _ => match remove_image_and_snapshot(&image_pool, &names)? {
-                StepReport::Done => CloneCleanup::Removed,
-                StepReport::AlreadyDone => CloneCleanup::Absent,
-            },
+            _ if remove_image_and_snapshot(&image_pool, &names)? => CloneCleanup::Removed,
+            _ => CloneCleanup::Absent,
         };
         // The snapshot's name is its mark: `snapq-<image_id>` on this job's disk.
         let snapshot = remove_source_snapshot(&source_pool, &names)?;
@@ -106,7 +55,7 @@ pub async fn remove_partial_state(ctx: &JobContext) -> Result<(), JobError> {
     }
     info!(
         clone = ?image,
-        removed_source_snapshot = snapshot == StepReport::Done,
+        removed_source_snapshot = snapshot,
         "cleaned up partial state"
     );
     Ok(())

@@ -11,56 +11,13 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use snapq_common::amqp::{self, AmqpError, Topology};
-use snapq_common::glance::GlanceClient;
-use snapq_common::rbd::{Cluster, Pool};
+use snapq_common::amqp::{self, AmqpError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::policy::SourcePolicy;
-use crate::{dead_letter, delivery};
-
-/// Which queue a worker serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The work queue: the fast path, one step per delivery.
-    Work,
-    /// The dead-letter queue: cleanup, full-copy fallback, parking lot.
-    DeadLetter,
-}
-
-/// What a worker needs, already connected where connecting is slow.
-#[derive(Clone)]
-pub struct WorkerSettings {
-    pub role: Role,
-    pub amqp_url: String,
-    pub topology: Topology,
-    pub cluster: Cluster,
-    pub image_pool: Pool,
-    pub glance: GlanceClient,
-    /// Jobs run at once by this worker (also the prefetch count).
-    pub concurrency: u16,
-    pub active_timeout: Duration,
-    /// How long one delivery waits for a flatten before checkpointing its progress.
-    pub flatten_hold: Duration,
-    /// Clones whose source holds less than this many bytes are flattened in the worker;
-    /// bigger ones by a Ceph manager task.
-    pub flatten_in_process_below: u64,
-    /// The fsid of the cluster Glance's rbd store uses; a disk in another cluster cannot be
-    /// cloned into it, so such jobs go straight to the full copy. None: assume the same.
-    pub glance_store_fsid: Option<String>,
-    /// Which disks requests may name.
-    pub source_policy: SourcePolicy,
-    /// Lifetime of a job's lease; renewed every third of it.
-    pub lease_duration: Duration,
-    /// Attempts at one step before a transient failure dead-letters the job.
-    pub max_attempts: u32,
-    /// How long running steps may take to finish after shutdown is requested.
-    pub shutdown_grace: Duration,
-    /// Name shown in RabbitMQ's connection list and in job histories.
-    pub name: String,
-}
+use crate::settings::{Role, WorkerSettings};
+use crate::{dead_letter, work};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -158,7 +115,7 @@ async fn consume(
                     let (settings, channel) = (settings.clone(), channel.clone());
                     jobs.spawn(async move {
                         match settings.role {
-                            Role::Work => delivery::handle(&settings, &channel, delivery).await,
+                            Role::Work => work::handle(&settings, &channel, delivery).await,
                             Role::DeadLetter => dead_letter::handle(&settings, &channel, delivery).await,
                         }
                     });

@@ -8,9 +8,9 @@ use snapq_common::message::SnapshotRequest;
 use snapq_common::rbd::{run_blocking, Cluster, Pool};
 use uuid::Uuid;
 
-use crate::consumer::WorkerSettings;
 use crate::error::JobError;
 use crate::names::ArtifactNames;
+use crate::settings::WorkerSettings;
 
 /// Per-job state shared by the steps. Cheap handles only: pools and the Glance client are
 /// reference-counted.

@@ -97,6 +97,10 @@ pub enum JobError {
     },
     #[error("flatten still running ({percent}% done)")]
     FlattenInProgress { percent: u8 },
+    #[error("Glance is still importing the location (task {task})")]
+    ImportInProgress { task: String },
+    #[error("Glance's import of the location failed (task {task}): {message}")]
+    ImportFailed { task: String, message: String },
     #[error("the job's lease was lost to another worker")]
     LeaseLost,
     #[error("refused: {0}")]
@@ -111,9 +115,11 @@ impl JobError {
             JobError::Glance(e) if e.refuses_location() => Disposition::Fallback,
             JobError::DifferentCluster { .. } => Disposition::Fallback,
             JobError::Glance(e) if e.is_transient() => Disposition::Retry,
-            JobError::Amqp(_) | JobError::FlattenInProgress { .. } | JobError::LeaseLost => {
-                Disposition::Retry
-            }
+            JobError::Amqp(_)
+            | JobError::FlattenInProgress { .. }
+            | JobError::ImportInProgress { .. }
+            | JobError::ImportFailed { .. }
+            | JobError::LeaseLost => Disposition::Retry,
             JobError::Refused(_) => Disposition::Refuse,
             JobError::Ceph(_)
             | JobError::Glance(_)

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, warn};
 use uuid::Uuid;
 
-use crate::consumer::WorkerSettings;
+use crate::settings::WorkerSettings;
 
 const LOCK_NAME: &str = "snapq-job";
 /// Tries while another holder has the lease: the previous step's worker releases it while it

@@ -1,18 +1,27 @@
 //! The snapq worker: consumes snapshot requests and turns an RBD instance disk into an active
 //! Glance image without the data leaving Ceph.
 //!
-//! `consumer` keeps a connection to the broker and takes deliveries; `delivery` runs one step
-//! of a job per delivery under the job's `lease` and checkpoints the job in its message
-//! headers; the `steps` each *ensure* their outcome, so a job can be resumed from any point;
-//! `cleanup` removes what a failed job left behind.
+//! Read top-down: `consumer` keeps a connection to the broker and hands each delivery to its
+//! role's handler, `work` (the fast path: one step per delivery under the job's `lease`) or
+//! `dead_letter` (cleanup, full copy, parking lot); both act on the broker only through
+//! `broker::JobMessage` (checkpoint, retry, dead-letter, park, reply, ack), and `failure`
+//! decides what a failed step leads to. The `steps` each *ensure* their outcome, so a job can
+//! be resumed from any point;
+//! `policy` and `gate` decide whether a request may be served at all, and `provenance` marks
+//! what snapq makes so that `cleanup` removes only what a failed job itself left behind.
 
+#![forbid(unsafe_code)]
+
+pub mod artefacts;
+pub mod broker;
 pub mod cleanup;
 pub mod consumer;
 pub mod context;
 pub mod dead_letter;
-pub mod delivery;
+pub mod decode;
 pub mod error;
 pub mod failpoint;
+pub mod failure;
 pub mod fallback;
 pub mod gate;
 pub mod lease;
@@ -20,8 +29,11 @@ pub mod names;
 pub mod policy;
 pub mod provenance;
 pub mod reply;
+pub mod settings;
 pub mod steps;
+pub mod work;
 
-pub use consumer::{run_worker, Role, WorkerSettings};
+pub use consumer::run_worker;
 pub use error::{Disposition, JobError, Refusal};
 pub use policy::SourcePolicy;
+pub use settings::{Role, WorkerSettings};

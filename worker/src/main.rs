@@ -1,5 +1,7 @@
 //! `snapq-worker`: consumes snapshot requests from RabbitMQ.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,7 +31,8 @@ struct Args {
     /// Jobs run at once by this worker.
     #[arg(long, env = "SNAPQ_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
-    /// Seconds Glance may take to make a registered image active.
+    /// Seconds one delivery waits for Glance to make a registered image active; a longer
+    /// import is checkpointed and waited for again (it is never registered twice).
     #[arg(long, env = "SNAPQ_ACTIVE_TIMEOUT", default_value_t = 120)]
     active_timeout: u64,
     /// Seconds one delivery waits for a flatten before checkpointing its progress (keep well

@@ -1,10 +1,8 @@
-//! Answers to oslo `call`s: the result or the failure, sent to the caller's reply queue.
+//! What an oslo `call` gets back: the result of a finished job, or the remote error of a failed
+//! one (`broker::JobMessage::reply` sends them).
 
-use lapin::Channel;
-use snapq_common::amqp::{oslo_properties, publish_confirmed};
 use snapq_common::job::JobState;
-use snapq_common::message::{ReplyTo, RpcFailure, RpcReply, SnapshotRequest};
-use tracing::warn;
+use snapq_common::message::{RpcFailure, SnapshotRequest};
 
 use crate::error::{Disposition, JobError};
 
@@ -36,43 +34,4 @@ pub fn failure(error: &JobError) -> RpcFailure {
         _ => "SnapshotFailed",
     };
     RpcFailure::new(class, "snapq.exceptions", error.to_string())
-}
-
-/// Sends the reply if the request was a `call`. A caller that went away is not an error of
-/// the job: the reply is logged and dropped.
-pub async fn send(
-    channel: &Channel,
-    request: &SnapshotRequest,
-    result: Option<serde_json::Value>,
-    failure: Option<RpcFailure>,
-) {
-    if let Some(reply_to) = &request.reply {
-        send_to(channel, reply_to, result, failure).await;
-    }
-}
-
-/// Sends a reply to `reply_to` (for a request that could not even be decoded, the address
-/// salvaged from its body).
-pub async fn send_to(
-    channel: &Channel,
-    reply_to: &ReplyTo,
-    result: Option<serde_json::Value>,
-    failure: Option<RpcFailure>,
-) {
-    let reply = RpcReply {
-        msg_id: reply_to.msg_id.clone(),
-        result,
-        failure,
-    };
-    if let Err(e) = publish_confirmed(
-        channel,
-        "",
-        &reply_to.reply_queue,
-        &reply.encode(),
-        oslo_properties(),
-    )
-    .await
-    {
-        warn!(reply_queue = %reply_to.reply_queue, error = %e, "could not deliver the reply");
-    }
 }

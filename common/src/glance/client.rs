@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::config::GlanceConfig;
 use super::error::{glance_message, GlanceError};
-use super::image::{ImageRecord, NewImage};
+use super::image::{ImageRecord, NewImage, TaskRecord};
 use super::location::{DetectedApi, LocationApi};
 
 /// A Glance Image API v2 client. Cheap to clone: clones share the HTTP client and the
@@ -100,6 +100,22 @@ impl GlanceClient {
         }
         let reply = self.expect_success(&Method::GET, &path, reply)?;
         decode(&path, &reply.body)
+    }
+
+    /// `GET /v2/tasks/{id}`: a Glance task, e.g. the location import an image's
+    /// `os_glance_import_task` names. None when Glance does not have it, or does not show it to
+    /// this user (tasks are an admin API by default).
+    pub async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, GlanceError> {
+        let path = format!("/v2/tasks/{id}");
+        let reply = self.send(Method::GET, &path, |r| r).await?;
+        if matches!(
+            reply.status,
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+        ) {
+            return Ok(None);
+        }
+        let reply = self.expect_success(&Method::GET, &path, reply)?;
+        decode(&path, &reply.body).map(Some)
     }
 
     /// `PUT /v2/images/{id}/file`: streams `body` as the image data (the full-copy path). With

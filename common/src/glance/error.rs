@@ -55,18 +55,29 @@ impl GlanceError {
         }
     }
 
-    /// Glance declined to register a location (400, 403 or 409 on the location call): a reason
-    /// to upload a full copy instead. A 409 can also mean the image is no longer `queued`, e.g.
-    /// because an earlier attempt did register it, so check the image's status before copying.
+    /// Glance declined to register a location (400 or 403 on the location call): a reason to
+    /// upload a full copy instead.
     pub fn refuses_location(&self) -> bool {
+        self.location_call_status()
+            .is_some_and(|status| matches!(status, 400 | 403))
+    }
+
+    /// A 409 on the location call: the image is no longer `queued` (an earlier registration
+    /// went through) or an import holds its lock (`Image has active task`). Not a refusal: look
+    /// at the image to tell which.
+    pub fn location_conflict(&self) -> bool {
+        self.location_call_status() == Some(409)
+    }
+
+    fn location_call_status(&self) -> Option<u16> {
         match self {
             GlanceError::Http {
                 method,
                 path,
                 status,
                 ..
-            } => is_location_call(method, path) && matches!(status, 400 | 403 | 409),
-            _ => false,
+            } if is_location_call(method, path) => Some(*status),
+            _ => None,
         }
     }
 }
@@ -180,7 +191,10 @@ mod tests {
         assert!(http("GET", "/v2/images/x", 429).is_transient());
         assert!(!http("GET", "/v2/images/x", 400).is_transient());
         assert!(http("POST", "/v2/images/x/locations", 403).refuses_location());
-        assert!(http("PATCH", "/v2/images/x", 409).refuses_location());
+        assert!(http("PATCH", "/v2/images/x", 400).refuses_location());
+        assert!(!http("POST", "/v2/images/x/locations", 409).refuses_location());
+        assert!(http("POST", "/v2/images/x/locations", 409).location_conflict());
+        assert!(!http("GET", "/v2/images/x", 409).location_conflict());
         assert!(!http("POST", "/v2/images", 403).refuses_location());
         assert!(!http("POST", "/v2/images/x/locations", 500).refuses_location());
     }

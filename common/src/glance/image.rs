@@ -52,9 +52,28 @@ pub struct ImageRecord {
     /// The project that owns the image.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The task holding the image's import lock (a location import in progress), if any.
+    #[serde(default)]
+    pub os_glance_import_task: Option<String>,
     /// The image's locations, when Glance shows them (`show_multiple_locations`).
     #[serde(default)]
     pub locations: Option<Vec<ImageLocation>>,
+}
+
+/// A Glance task (`GET /v2/tasks/{id}`): for a location import, `status` is `pending`,
+/// `processing`, `success` or `failure`, and `message` says why it failed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl TaskRecord {
+    pub fn failed(&self) -> bool {
+        self.status == "failure"
+    }
 }
 
 /// One entry of an image's `locations`.

@@ -3,12 +3,16 @@
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
+use crate::artefacts::remove_source_snapshot;
 use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let (source_pool, names) = (ctx.source_pool.clone(), ctx.names.clone());
-    let report =
-        run_blocking(move || crate::cleanup::remove_source_snapshot(&source_pool, &names)).await?;
-    Ok(report)
+    let removed = run_blocking(move || remove_source_snapshot(&source_pool, &names)).await?;
+    Ok(if removed {
+        StepReport::Done
+    } else {
+        StepReport::AlreadyDone
+    })
 }

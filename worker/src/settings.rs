@@ -1,0 +1,65 @@
+//! What a worker runs with: its role and settings, validated at start and then passed down
+//! as plain values. A leaf module: it imports nothing else of the worker but the source policy.
+
+use std::time::Duration;
+
+use snapq_common::amqp::Topology;
+use snapq_common::glance::GlanceClient;
+use snapq_common::job::{now_ms, HistoryEntry};
+use snapq_common::rbd::{Cluster, Pool};
+
+use crate::policy::SourcePolicy;
+
+/// Which queue a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The work queue: the fast path, one step per delivery.
+    Work,
+    /// The dead-letter queue: cleanup, full-copy fallback, parking lot.
+    DeadLetter,
+}
+
+/// What a worker needs, already connected where connecting is slow.
+#[derive(Clone)]
+pub struct WorkerSettings {
+    pub role: Role,
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub cluster: Cluster,
+    pub image_pool: Pool,
+    pub glance: GlanceClient,
+    /// Jobs run at once by this worker (also the prefetch count).
+    pub concurrency: u16,
+    pub active_timeout: Duration,
+    /// How long one delivery waits for a flatten before checkpointing its progress.
+    pub flatten_hold: Duration,
+    /// Clones whose source holds less than this many bytes are flattened in the worker;
+    /// bigger ones by a Ceph manager task.
+    pub flatten_in_process_below: u64,
+    /// The fsid of the cluster Glance's rbd store uses; a disk in another cluster cannot be
+    /// cloned into it, so such jobs go straight to the full copy. None: assume the same.
+    pub glance_store_fsid: Option<String>,
+    /// Which disks requests may name.
+    pub source_policy: SourcePolicy,
+    /// Lifetime of a job's lease; renewed every third of it.
+    pub lease_duration: Duration,
+    /// Attempts at one step before a transient failure dead-letters the job.
+    pub max_attempts: u32,
+    /// How long running steps may take to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+    /// Name shown in RabbitMQ's connection list and in job histories.
+    pub name: String,
+}
+
+impl WorkerSettings {
+    /// A history line for `step` (a step name, or `full_copy`) done by this worker.
+    pub fn history(&self, step: &str, took: Duration, did: &str) -> HistoryEntry {
+        HistoryEntry {
+            step: step.to_string(),
+            worker: self.name.clone(),
+            at_ms: now_ms(),
+            seconds: took.as_secs_f64(),
+            did: did.to_string(),
+        }
+    }
+}

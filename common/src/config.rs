@@ -405,6 +405,15 @@ pub struct CephArgs {
         default_value_t = 30
     )]
     pub connect_timeout_secs: u64,
+    /// Seconds one librados request may wait for a monitor or an OSD (and the connection for
+    /// the monitors) before it fails, instead of hanging while the cluster is unreachable.
+    #[arg(
+        long = "ceph-op-timeout",
+        env = "SNAPQ_CEPH_OP_TIMEOUT",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub op_timeout_secs: u64,
 }
 
 impl CephArgs {
@@ -412,6 +421,7 @@ impl CephArgs {
         CephConfig {
             conf_path: self.conf.clone(),
             user: self.user.clone(),
+            op_timeout: Duration::from_secs(self.op_timeout_secs),
         }
     }
 }
@@ -673,6 +683,35 @@ mod tests {
         let shown = format!("{:?}", amqp(Some(URL_WITH_PASSWORD), None, false));
         assert!(!shown.contains(PASSWORD), "{shown}");
         assert!(shown.contains("127.0.0.1:5672"), "{shown}");
+    }
+
+    #[test]
+    fn ceph_op_timeout_defaults_to_ten_seconds_and_is_bounded() {
+        #[derive(Debug, Parser)]
+        struct CephCli {
+            #[command(flatten)]
+            ceph: CephArgs,
+        }
+        let parse = |args: &[&str]| {
+            use clap::CommandFactory;
+            let mut cmd = CephCli::command();
+            let ids: Vec<clap::Id> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+            for id in ids {
+                cmd = cmd.mut_arg(id, |a| a.env(None));
+            }
+            cmd.try_get_matches_from(std::iter::once("snapq-test").chain(args.iter().copied()))
+                .and_then(|matches| CephCli::from_arg_matches(&matches))
+        };
+        let default = parse(&[]).unwrap().ceph.config();
+        assert_eq!(default.op_timeout, Duration::from_secs(10));
+        assert_eq!(default.op_timeout, CephConfig::DEFAULT_OP_TIMEOUT);
+        let set = parse(&["--ceph-op-timeout", "3600"]).unwrap().ceph.config();
+        assert_eq!(set.op_timeout, Duration::from_secs(3600));
+        for out_of_range in ["0", "3601", "-1", "1.5"] {
+            let arg = format!("--ceph-op-timeout={out_of_range}");
+            let err = parse(&[&arg]).unwrap_err();
+            assert!(err.to_string().contains("--ceph-op-timeout"), "{err}");
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! oslo.messaging's envelope, the AMQP topology, the safe librbd layer, the Glance client and
 //! configuration.
 
+// Only the librbd/librados bindings (`rbd::ffi`) may use `unsafe`; they allow it for
+// themselves.
+#![deny(unsafe_code)]
+
 pub mod amqp;
 pub mod config;
 pub mod glance;

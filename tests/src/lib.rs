@@ -5,6 +5,8 @@
 //! which `dev/up` writes. A missing setting fails the test with a message naming it: these
 //! tests never skip silently.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -105,6 +107,8 @@ pub async fn cluster_as(user: &str) -> snapq_common::rbd::Cluster {
     let config = snapq_common::rbd::CephConfig {
         conf_path: setting("SNAPQ_CEPH_CONF"),
         user: user.to_string(),
+        // Below half the in-process workers' lease (6 s), as snapq-worker requires.
+        op_timeout: std::time::Duration::from_secs(3),
     };
     let cluster = snapq_common::rbd::connect(config, std::time::Duration::from_secs(30))
         .await
@@ -528,7 +532,8 @@ pub mod worker_process {
                 .env("SNAPQ_CEPH_USER", "nova")
                 .env("SNAPQ_GLANCE_URL", &services.glance_url)
                 .env("SNAPQ_GLANCE_POOL", &services.glance_pool)
-                .env("SNAPQ_LEASE_SECONDS", "3")
+                .env("SNAPQ_LEASE_SECONDS", "4")
+                .env("SNAPQ_CEPH_OP_TIMEOUT", "2")
                 .env("SNAPQ_CONCURRENCY", "2")
                 .env("SNAPQ_SHUTDOWN_GRACE", "30")
                 .env("SNAPQ_FLATTEN_IN_PROCESS_BELOW_GIB", "0")
@@ -720,5 +725,272 @@ pub mod job_fixture {
                 .expect("remove disk");
             rabbit::delete_queues(&self.topology.all_queues()).await;
         }
+    }
+}
+
+pub mod replies {
+    //! Answers to oslo `call`s, kept for the whole test. The reply queue is named like oslo's
+    //! (`reply_<32 hex>`) but is a quorum queue, so it outlives a broker restart, and a task
+    //! drains it, reconnecting whenever the broker goes away. Every reply is kept, duplicates
+    //! included, with the time it was taken off the queue.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use snapq_common::job::{now_ms, HistoryEntry};
+    use snapq_common::message::{ReplyTo, RpcReply, SnapshotRequest};
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+
+    use super::{rabbit, Services};
+
+    /// One reply as it arrived.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub reply: RpcReply,
+        /// When the inbox took it off the queue (Unix ms; at most a poll interval late).
+        pub at_ms: u64,
+    }
+
+    impl Received {
+        /// `result.method`: `direct` or `fallback` (None for a failure).
+        pub fn method(&self) -> Option<&str> {
+            self.reply.result.as_ref()?.get("method")?.as_str()
+        }
+
+        /// The job history the reply carries (`result.history`).
+        pub fn history(&self) -> Vec<HistoryEntry> {
+            reply_history(&self.reply)
+        }
+    }
+
+    /// The job history a successful reply carries (`result.history`); empty for a failure.
+    pub fn reply_history(reply: &RpcReply) -> Vec<HistoryEntry> {
+        reply
+            .result
+            .as_ref()
+            .and_then(|r| r.get("history"))
+            .map(|h| {
+                serde_json::from_value(h.clone())
+                    .unwrap_or_else(|e| panic!("a reply's history is not a job history: {e}: {h}"))
+            })
+            .unwrap_or_default()
+    }
+
+    pub struct ReplyInbox {
+        queue: String,
+        received: Arc<Mutex<Vec<Received>>>,
+        stop: watch::Sender<bool>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    async fn declare(channel: &lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum".as_bytes().to_vec())),
+        );
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Takes every reply waiting in `queue`; Err when the broker is (or went) away.
+    async fn drain(
+        channel: &lapin::Channel,
+        queue: &str,
+        into: &Mutex<Vec<Received>>,
+    ) -> Result<(), String> {
+        loop {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(message) = got else {
+                return Ok(());
+            };
+            let reply = RpcReply::decode(&message.delivery.data)
+                .unwrap_or_else(|e| panic!("an undecodable reply in {queue}: {e}"));
+            into.lock().expect("inbox").push(Received {
+                reply,
+                at_ms: now_ms(),
+            });
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+
+    impl ReplyInbox {
+        /// Declares a fresh reply queue and starts draining it.
+        pub async fn open() -> ReplyInbox {
+            let queue = format!("reply_{}", uuid::Uuid::new_v4().simple());
+            {
+                let (_connection, channel) = rabbit::channel().await;
+                declare(&channel, &queue).await.expect("declare the reply queue");
+            }
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let (stop, mut stopped) = watch::channel(false);
+            let (queue2, received2) = (queue.clone(), received.clone());
+            let task = tokio::spawn(async move {
+                let url = Services::from_env().amqp_url;
+                let mut connection: Option<(lapin::Connection, lapin::Channel)> = None;
+                loop {
+                    if connection.is_none() {
+                        if let Ok(c) = snapq_common::amqp::connect(&url, "snapq-tests-replies").await
+                        {
+                            if let Ok(ch) = c.create_channel().await {
+                                // Redeclared after a broker restart (a quorum queue survives
+                                // it; this only makes sure).
+                                if declare(&ch, &queue2).await.is_ok() {
+                                    connection = Some((c, ch));
+                                }
+                            }
+                        }
+                    }
+                    if let Some((_, channel)) = &connection {
+                        if drain(channel, &queue2, &received2).await.is_err() {
+                            connection = None;
+                        }
+                    }
+                    let pause = if connection.is_some() { 50 } else { 500 };
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                        _ = stopped.changed() => {
+                            if let Some((_, channel)) = &connection {
+                                let _ = drain(channel, &queue2, &received2).await;
+                            }
+                            if let Some((c, _)) = connection {
+                                let _ = c.close(200, "done".into()).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+            ReplyInbox {
+                queue,
+                received,
+                stop,
+                task: Some(task),
+            }
+        }
+
+        pub fn queue(&self) -> &str {
+            &self.queue
+        }
+
+        /// `request` as an oslo `call` answered to this inbox, with a fresh `_msg_id`.
+        pub fn call(&self, request: &SnapshotRequest) -> SnapshotRequest {
+            SnapshotRequest {
+                reply: Some(ReplyTo {
+                    msg_id: uuid::Uuid::new_v4().simple().to_string(),
+                    reply_queue: self.queue.clone(),
+                }),
+                ..request.clone()
+            }
+        }
+
+        /// Every reply so far, in arrival order.
+        pub fn received(&self) -> Vec<Received> {
+            self.received.lock().expect("inbox").clone()
+        }
+
+        /// The replies to the call `msg_id`.
+        pub fn replies_to(&self, msg_id: &str) -> Vec<Received> {
+            self.received()
+                .into_iter()
+                .filter(|r| r.reply.msg_id == msg_id)
+                .collect()
+        }
+
+        /// Waits until every call in `msg_ids` has at least one reply; Err lists those that
+        /// have none after `timeout`.
+        pub async fn wait_for_answers(
+            &self,
+            msg_ids: &[String],
+            timeout: Duration,
+        ) -> Result<(), Vec<String>> {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let received = self.received();
+                let missing: Vec<String> = msg_ids
+                    .iter()
+                    .filter(|id| !received.iter().any(|r| &r.reply.msg_id == *id))
+                    .cloned()
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(missing);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        /// Stops draining (after one last drain) and deletes the queue.
+        pub async fn close(mut self) {
+            let _ = self.stop.send(true);
+            if let Some(task) = self.task.take() {
+                let _ = task.await;
+            }
+            rabbit::delete_queues(&[self.queue.as_str()]).await;
+        }
+    }
+}
+
+pub mod rados_objects {
+    //! RADOS objects snapq keeps beside the disks (job leases), looked up with the `rados`
+    //! CLI as Nova's user.
+
+    use super::setting;
+
+    /// Whether `pool` holds the RADOS object `object`.
+    pub async fn object_exists(pool: &str, object: &str) -> bool {
+        let out = tokio::process::Command::new("rados")
+            .args(["-c", &setting("SNAPQ_CEPH_CONF"), "--id", "nova", "-p", pool])
+            .args(["stat", object])
+            .output()
+            .await
+            .expect("run rados stat");
+        if out.status.success() {
+            return true;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("No such file or directory"),
+            "rados stat {pool}/{object} failed: {stderr}"
+        );
+        false
+    }
+
+    /// The name of the lease object of the job for Glance image `image_id`.
+    pub fn lease_object(image_id: uuid::Uuid) -> String {
+        format!("snapq_lease.{image_id}")
+    }
+
+    /// Of `image_ids`, those whose job lease object is still in `pool`.
+    pub async fn lease_objects_left(pool: &str, image_ids: &[uuid::Uuid]) -> Vec<String> {
+        let mut left = Vec::new();
+        for id in image_ids {
+            let object = lease_object(*id);
+            if object_exists(pool, &object).await {
+                left.push(object);
+            }
+        }
+        left
     }
 }

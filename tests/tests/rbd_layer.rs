@@ -204,6 +204,7 @@ async fn connecting_as_an_unknown_user_fails_with_an_error() {
     let config = snapq_common::rbd::CephConfig {
         conf_path: Services::from_env().ceph_conf,
         user: "no-such-user".into(),
+        op_timeout: snapq_common::rbd::CephConfig::DEFAULT_OP_TIMEOUT,
     };
     let err = snapq_common::rbd::connect(config, std::time::Duration::from_secs(30))
         .await

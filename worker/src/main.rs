@@ -74,6 +74,15 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     snapq_common::logging::init("info,lapin=warn");
     let args = Args::parse();
+    // A renewal due a third into the lease must return before the lease runs out, so no Ceph
+    // call may take more than half of it.
+    if args.ceph.op_timeout_secs.saturating_mul(2) > args.lease_seconds {
+        anyhow::bail!(
+            "--ceph-op-timeout ({} s) must be at most half of --lease-seconds ({} s)",
+            args.ceph.op_timeout_secs,
+            args.lease_seconds
+        );
+    }
     let source_policy = SourcePolicy::new(
         &args.source_pools,
         &args.disk_name_pattern,

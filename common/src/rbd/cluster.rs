@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ceph::ceph::IoCtx;
-
-use super::error::{RbdError, RbdErrorKind};
-use super::ffi::{self, RadosHandle};
+use super::error::RbdError;
+use super::ffi::{self, ConnectStep, IoCtx, RadosCluster};
 use super::image::Image;
 
 /// How to reach the cluster: a ceph.conf (which names the monitors and the keyring) and the
@@ -15,10 +14,48 @@ use super::image::Image;
 pub struct CephConfig {
     pub conf_path: String,
     pub user: String,
+    /// How long one librados call may wait for a monitor or an OSD, and for the connection
+    /// itself (`rados_osd_op_timeout`, `rados_mon_op_timeout`, `client_mount_timeout`), so that
+    /// no call hangs forever on an unreachable cluster: it fails with `TimedOut` instead.
+    /// Whole seconds, at least 1 (librados reads 0 as "no limit").
+    pub op_timeout: Duration,
 }
 
-/// A connected cluster. Cheap to clone; the connection closes when the last clone (and every
-/// pool opened from it) is dropped.
+impl CephConfig {
+    /// [`CephConfig::op_timeout`] unless configured otherwise.
+    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A configuration with the default timeouts.
+    pub fn new(conf_path: impl Into<String>, user: impl Into<String>) -> CephConfig {
+        CephConfig {
+            conf_path: conf_path.into(),
+            user: user.into(),
+            op_timeout: CephConfig::DEFAULT_OP_TIMEOUT,
+        }
+    }
+
+    /// The librados options set before connecting, as (name, value) pairs.
+    fn librados_options(&self) -> Vec<(&'static str, String)> {
+        // Rounded up to whole seconds and never 0, which would mean "wait forever".
+        let secs = self
+            .op_timeout
+            .as_secs()
+            .saturating_add(u64::from(self.op_timeout.subsec_nanos() > 0))
+            .max(1)
+            .to_string();
+        [
+            "rados_osd_op_timeout",
+            "rados_mon_op_timeout",
+            "client_mount_timeout",
+        ]
+        .into_iter()
+        .map(|option| (option, secs.clone()))
+        .collect()
+    }
+}
+
+/// A connected cluster. Cheap to clone; the connection closes when the last clone, and every
+/// pool and image opened from it, is dropped.
 #[derive(Clone)]
 pub struct Cluster {
     shared: Arc<Shared>,
@@ -28,13 +65,12 @@ pub struct Cluster {
 
 /// What every clone of a [`Cluster`] shares.
 struct Shared {
-    // Field order matters: the cached I/O contexts must be destroyed before the cluster
-    // handle they were made from.
     /// One I/O context per pool name, opened on first use and kept for the connection's
     /// life: a long-running worker then neither pays for a pool lookup on each job nor
-    /// creates and destroys contexts while other threads use the connection.
+    /// creates and destroys contexts while other threads use the connection. Each context
+    /// holds the handle, so the order in which these fields drop does not matter.
     pools: Mutex<HashMap<String, Arc<IoCtx>>>,
-    handle: RadosHandle,
+    handle: Arc<RadosCluster>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -47,22 +83,32 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Connects (blocking; librados may wait up to `client_mount_timeout`).
+    /// Connects (blocking; librados waits up to `config.op_timeout`).
     pub fn connect(config: &CephConfig) -> Result<Cluster, RbdError> {
         let target = format!(
             "cluster as client.{} with {}",
             config.user, config.conf_path
         );
-        let rados = ceph::ceph::connect_to_ceph(&config.user, &config.conf_path)
-            .map_err(|e| connect_error(&target, &e))?;
-        let fsid = rados
-            .rados_fsid()
-            .map_err(|e| connect_error(&target, &e))?
-            .to_string();
+        let handle =
+            RadosCluster::connect(&config.user, &config.conf_path, &config.librados_options())
+                .map_err(|failure| {
+                    let (op, target) = match failure.step {
+                        ConnectStep::Create => ("create a handle for", target.clone()),
+                        ConnectStep::ReadConf => ("read the configuration of", target.clone()),
+                        ConnectStep::SetOption(option) => {
+                            ("set a librados option for", format!("{target} ({option})"))
+                        }
+                        ConnectStep::Connect => ("connect to", target.clone()),
+                    };
+                    RbdError::new(op, target, failure.errno)
+                })?;
+        let fsid = handle
+            .fsid()
+            .map_err(|e| RbdError::new("read the fsid of", target.clone(), e))?;
         Ok(Cluster {
             shared: Arc::new(Shared {
                 pools: Mutex::new(HashMap::new()),
-                handle: RadosHandle(rados),
+                handle: Arc::new(handle),
             }),
             fsid,
             user: config.user.clone(),
@@ -81,7 +127,9 @@ impl Cluster {
     /// Sends a JSON command to the active ceph-mgr and returns its JSON output.
     pub fn mgr_command(&self, command: &serde_json::Value) -> Result<String, RbdError> {
         let prefix = command["prefix"].as_str().unwrap_or("command").to_string();
-        ffi::mgr_command(&self.shared.handle, &command.to_string())
+        self.shared
+            .handle
+            .mgr_command(&command.to_string())
             .map(|(out, _)| out)
             .map_err(|(errno, status)| {
                 let target = if status.is_empty() {
@@ -91,6 +139,14 @@ impl Cluster {
                 };
                 RbdError::new("ceph-mgr", target, errno)
             })
+    }
+
+    /// The value this connection uses for librados option `option` (`rados_conf_get`).
+    pub fn config_value(&self, option: &str) -> Result<String, RbdError> {
+        self.shared
+            .handle
+            .conf_get(option)
+            .map_err(|e| RbdError::new("read librados option", option, e))
     }
 
     /// Opens a pool, or returns the context this connection already has for it.
@@ -108,9 +164,8 @@ impl Cluster {
                 let io = self
                     .shared
                     .handle
-                    .0
-                    .get_rados_ioctx(name)
-                    .map_err(|e| rados_error("open pool", name, &e))?;
+                    .ioctx(name)
+                    .map_err(|e| RbdError::new("open pool", name, e))?;
                 let io = Arc::new(io);
                 pools.insert(name.to_string(), Arc::clone(&io));
                 io
@@ -119,36 +174,16 @@ impl Cluster {
         Ok(Pool {
             io,
             name: name.to_string(),
-            _cluster: self.clone(),
         })
     }
 }
 
-fn rados_errno(e: &ceph::error::RadosError) -> Option<i32> {
-    match e {
-        ceph::error::RadosError::ApiError(errno) => Some(*errno as i32),
-        _ => None,
-    }
-}
-
-fn rados_error(op: &'static str, target: &str, e: &ceph::error::RadosError) -> RbdError {
-    match rados_errno(e) {
-        Some(errno) => RbdError::new(op, target, errno.abs()),
-        None => RbdError::with_kind(op, target, RbdErrorKind::Other(0)),
-    }
-}
-
-fn connect_error(target: &str, e: &ceph::error::RadosError) -> RbdError {
-    rados_error("connect to", target, e)
-}
-
-/// An open pool. Cheap to clone.
+/// An open pool. Cheap to clone. It keeps the connection alive (its I/O context holds the
+/// cluster handle), and every image opened from it keeps the pool alive in turn.
 #[derive(Clone)]
 pub struct Pool {
-    // Field order matters: the I/O context must be destroyed before the cluster handle.
     io: Arc<IoCtx>,
     name: String,
-    _cluster: Cluster,
 }
 
 impl std::fmt::Debug for Pool {
@@ -162,7 +197,7 @@ impl Pool {
         &self.name
     }
 
-    pub(crate) fn io(&self) -> &IoCtx {
+    pub(crate) fn io(&self) -> &Arc<IoCtx> {
         &self.io
     }
 
@@ -234,21 +269,17 @@ impl Pool {
     ) -> Result<(), RbdError> {
         // librados.h: LIBRADOS_LOCK_FLAG_MAY_RENEW = 1, LIBRADOS_LOCK_FLAG_MUST_RENEW = 2.
         let flags = if must_renew { 2 } else { 1 };
-        let mut tv = libc::timeval {
-            tv_sec: duration.as_secs() as libc::time_t,
-            tv_usec: duration.subsec_micros() as libc::suseconds_t,
-        };
         self.io
-            .rados_object_lock_exclusive(object, lock, cookie, "snapq job lease", &mut tv, flags)
-            .map_err(|e| rados_error("lock", &self.spec(object), &e))
+            .lock_exclusive(object, lock, cookie, "snapq job lease", duration, flags)
+            .map_err(|e| RbdError::new("lock", self.spec(object), e))
     }
 
     /// Releases the lock if `cookie` holds it; "not held" is success.
     pub fn unlock(&self, object: &str, lock: &str, cookie: &str) -> Result<(), RbdError> {
-        match self.io.rados_object_unlock(object, lock, cookie) {
+        match self.io.unlock(object, lock, cookie) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = rados_error("unlock", &self.spec(object), &e);
+                let err = RbdError::new("unlock", self.spec(object), e);
                 if err.is_not_found() {
                     Ok(())
                 } else {
@@ -260,10 +291,10 @@ impl Pool {
 
     /// Removes a RADOS object; "already gone" is success.
     pub fn remove_object(&self, object: &str) -> Result<(), RbdError> {
-        match self.io.rados_object_remove(object) {
+        match self.io.remove_object(object) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = rados_error("remove object", &self.spec(object), &e);
+                let err = RbdError::new("remove object", self.spec(object), e);
                 if err.is_not_found() {
                     Ok(())
                 } else {

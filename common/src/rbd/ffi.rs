@@ -1,5 +1,11 @@
-//! The only `unsafe` code in snapq: hand-written bindings to the few librbd functions snapq
-//! needs (librbd has no maintained Rust wrapper), and the thin safe functions around them.
+//! The only `unsafe` code in snapq: hand-written bindings to the few librados and librbd
+//! functions snapq needs (librbd has no maintained Rust wrapper, and the `ceph` crate cannot
+//! set options before connecting), and the thin safe types around them.
+//!
+//! The handle types own each other in the order librados requires: a [`RawImage`] holds the
+//! [`IoCtx`] it was opened from, and an [`IoCtx`] holds the [`RadosCluster`] it was made from.
+//! So safe code cannot close a pool or shut the connection down under an open image: the image
+//! is closed first, then the I/O context destroyed, then the connection shut down.
 //!
 //! Everything here returns raw errno values; `error.rs` turns them into typed errors. Calls are
 //! blocking: callers keep them off the async runtime (see `run_blocking`).
@@ -7,14 +13,18 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use ceph::ceph::{IoCtx, Rados};
-
+type RadosT = *mut c_void;
+type RadosIoctxT = *mut c_void;
 type RbdImageT = *mut c_void;
-type RadosIoctxT = ceph::rados::rados_ioctx_t;
 type ProgressFn = extern "C" fn(offset: u64, total: u64, ptr: *mut c_void) -> c_int;
 type DiffFn = extern "C" fn(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
 
+// The structs below mirror librbd.h field for field, under the C names; the `layout` test
+// compiles the header and checks every size and offset.
+
+/// `rbd_image_info_t`
 #[repr(C)]
 struct RbdImageInfo {
     size: u64,
@@ -26,6 +36,7 @@ struct RbdImageInfo {
     parent_name: [c_char; 96],
 }
 
+/// `rbd_snap_info_t`
 #[repr(C)]
 struct RbdSnapInfo {
     id: u64,
@@ -33,6 +44,7 @@ struct RbdSnapInfo {
     name: *const c_char,
 }
 
+/// `rbd_linked_image_spec_t`
 #[repr(C)]
 struct RbdLinkedImageSpec {
     pool_id: i64,
@@ -43,6 +55,7 @@ struct RbdLinkedImageSpec {
     trash: bool,
 }
 
+/// `rbd_snap_spec_t`; `namespace_type` is the C enum `rbd_snap_namespace_type_t`.
 #[repr(C)]
 struct RbdSnapSpec {
     id: u64,
@@ -50,6 +63,7 @@ struct RbdSnapSpec {
     name: *mut c_char,
 }
 
+/// `rbd_trash_image_info_t`; `source` is the C enum `rbd_trash_image_source_t`.
 #[repr(C)]
 struct RbdTrashImageInfo {
     id: *mut c_char,
@@ -140,8 +154,44 @@ extern "C" {
 
 #[link(name = "rados")]
 extern "C" {
+    fn rados_create2(
+        cluster: *mut RadosT,
+        cluster_name: *const c_char,
+        name: *const c_char,
+        flags: u64,
+    ) -> c_int;
+    fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
+    fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
+    fn rados_conf_get(
+        cluster: RadosT,
+        option: *const c_char,
+        buf: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn rados_connect(cluster: RadosT) -> c_int;
+    fn rados_shutdown(cluster: RadosT);
+    fn rados_cluster_fsid(cluster: RadosT, buf: *mut c_char, len: usize) -> c_int;
+    fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char, io: *mut RadosIoctxT)
+        -> c_int;
+    fn rados_ioctx_destroy(io: RadosIoctxT);
+    fn rados_lock_exclusive(
+        io: RadosIoctxT,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+        desc: *const c_char,
+        duration: *mut libc::timeval,
+        flags: u8,
+    ) -> c_int;
+    fn rados_unlock(
+        io: RadosIoctxT,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+    ) -> c_int;
+    fn rados_remove(io: RadosIoctxT, oid: *const c_char) -> c_int;
     fn rados_mgr_command(
-        cluster: ceph::rados::rados_t,
+        cluster: RadosT,
         cmd: *mut *const c_char,
         cmdlen: usize,
         inbuf: *const c_char,
@@ -189,12 +239,198 @@ fn owned(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// A connected RADOS cluster handle that can move between threads.
-pub struct RadosHandle(pub Rados);
+/// The text of a NUL-terminated string librados wrote into `buf` (all of `buf` if it holds
+/// no NUL).
+fn text_until_nul(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
 
-// SAFETY: librados cluster handles are thread-safe (librados.h: "rados_t ... thread-safe");
-// the `ceph` crate marks `Rados` Sync but not Send only because it holds a raw pointer.
-unsafe impl Send for RadosHandle {}
+/// Serialises connecting and shutting down cluster handles in this process: librados does not
+/// cope with `rados_connect` and `rados_shutdown` racing each other (the process aborts with a
+/// `std::system_error`).
+fn lifecycle_lock() -> MutexGuard<'static, ()> {
+    static LIFECYCLE: Mutex<()> = Mutex::new(());
+    // The guarded value is `()`: a panic while it was held leaves nothing inconsistent.
+    LIFECYCLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The step of [`RadosCluster::connect`] that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectStep {
+    /// `rados_create2`: e.g. an invalid user name.
+    Create,
+    /// `rados_conf_read_file`: the ceph.conf is missing or malformed.
+    ReadConf,
+    /// `rados_conf_set` of this option.
+    SetOption(String),
+    /// `rados_connect`: monitors unreachable, unknown user, no keyring...
+    Connect,
+}
+
+/// A failed [`RadosCluster::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectFailure {
+    pub step: ConnectStep,
+    pub errno: Errno,
+}
+
+/// A connected librados cluster handle (`rados_t`); shut down on drop, which happens only
+/// after every [`IoCtx`] made from it is gone (each holds an `Arc` of it).
+pub struct RadosCluster {
+    handle: RadosT,
+}
+
+// SAFETY: a connected rados_t may be used from any thread, concurrently (librados.h: the
+// cluster handle is thread-safe); the raw pointer is the only reason it is not Send/Sync.
+unsafe impl Send for RadosCluster {}
+// SAFETY: as above; no method changes the handle's configuration after connecting.
+unsafe impl Sync for RadosCluster {}
+
+impl Drop for RadosCluster {
+    fn drop(&mut self) {
+        let _lifecycle = lifecycle_lock();
+        // SAFETY: the handle came from a successful rados_create2 and is shut down exactly
+        // once; no I/O context made from it is left (each holds an Arc of this handle).
+        unsafe { rados_shutdown(self.handle) };
+    }
+}
+
+impl RadosCluster {
+    /// Creates a handle for `client.<user>`, reads `conf_path`, sets `options` (overriding the
+    /// file), and connects. Blocks until connected or `client_mount_timeout` has passed.
+    pub fn connect(
+        user: &str,
+        conf_path: &str,
+        options: &[(&str, String)],
+    ) -> Result<RadosCluster, ConnectFailure> {
+        let fail = |step: ConnectStep| move |errno: Errno| ConnectFailure { step, errno };
+        let name = c_string(&format!("client.{user}")).map_err(fail(ConnectStep::Create))?;
+        let conf = c_string(conf_path).map_err(fail(ConnectStep::ReadConf))?;
+        let mut c_options = Vec::with_capacity(options.len());
+        for (option, value) in options {
+            let set_option = || fail(ConnectStep::SetOption(option.to_string()));
+            let c_option = c_string(option).map_err(set_option())?;
+            let c_value = c_string(value).map_err(set_option())?;
+            c_options.push((c_option, c_value, *option));
+        }
+
+        let _lifecycle = lifecycle_lock();
+        let mut handle: RadosT = ptr::null_mut();
+        // SAFETY: valid out-pointer; NUL-terminated cluster and entity names; no flags.
+        check(unsafe { rados_create2(&mut handle, c"ceph".as_ptr(), name.as_ptr(), 0) })
+            .map_err(fail(ConnectStep::Create))?;
+        if handle.is_null() {
+            return Err(fail(ConnectStep::Create)(libc::ENOMEM));
+        }
+        // From here on, dropping `cluster` on an error releases the created handle
+        // (rados_shutdown also frees a handle that never connected).
+        let cluster = Unconnected(handle);
+        // SAFETY: created, unconnected handle; NUL-terminated path.
+        check(unsafe { rados_conf_read_file(cluster.0, conf.as_ptr()) })
+            .map_err(fail(ConnectStep::ReadConf))?;
+        for (option, value, name) in &c_options {
+            // SAFETY: created, unconnected handle (options may only be set before connecting);
+            // NUL-terminated option and value.
+            check(unsafe { rados_conf_set(cluster.0, option.as_ptr(), value.as_ptr()) })
+                .map_err(fail(ConnectStep::SetOption(name.to_string())))?;
+        }
+        // SAFETY: created, configured handle, connected once.
+        check(unsafe { rados_connect(cluster.0) }).map_err(fail(ConnectStep::Connect))?;
+        let handle = cluster.0;
+        std::mem::forget(cluster);
+        Ok(RadosCluster { handle })
+    }
+
+    /// The cluster's fsid.
+    pub fn fsid(&self) -> Result<String, Errno> {
+        let mut buf = [0u8; 64];
+        // SAFETY: connected handle; a buffer of buf.len() bytes, which librados NUL-terminates.
+        let rc = unsafe { rados_cluster_fsid(self.handle, buf.as_mut_ptr().cast(), buf.len()) };
+        check(rc)?;
+        Ok(text_until_nul(&buf))
+    }
+
+    /// The value librados uses for configuration option `option`.
+    pub fn conf_get(&self, option: &str) -> Result<String, Errno> {
+        let option = c_string(option)?;
+        let mut capacity = 256;
+        loop {
+            let mut buf = vec![0u8; capacity];
+            // SAFETY: connected handle; NUL-terminated option; a buffer of buf.len() bytes,
+            // which librados fills with a NUL-terminated value or rejects as too short.
+            let rc = unsafe {
+                rados_conf_get(
+                    self.handle,
+                    option.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if rc == -libc::ENAMETOOLONG && capacity < 1 << 20 {
+                capacity *= 4;
+                continue;
+            }
+            check(rc)?;
+            return Ok(text_until_nul(&buf));
+        }
+    }
+
+    /// Opens an I/O context on `pool`; it keeps this connection alive.
+    pub fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx, Errno> {
+        let pool = c_string(pool)?;
+        let mut handle: RadosIoctxT = ptr::null_mut();
+        // SAFETY: connected handle; NUL-terminated pool name; valid out-pointer.
+        check(unsafe { rados_ioctx_create(self.handle, pool.as_ptr(), &mut handle) })?;
+        Ok(IoCtx {
+            handle,
+            _cluster: Arc::clone(self),
+        })
+    }
+
+    /// Sends a JSON command to the active ceph-mgr; returns (output, status text).
+    pub fn mgr_command(&self, command: &str) -> Result<(String, String), (Errno, String)> {
+        let command = c_string(command).map_err(|e| (e, String::new()))?;
+        let mut cmds = [command.as_ptr()];
+        let (mut outbuf, mut outbuflen, mut outs, mut outslen) =
+            (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
+        // SAFETY: connected cluster handle; one NUL-terminated command; empty input;
+        // out-pointers valid; the returned buffers are freed by take_buffer.
+        let rc = unsafe {
+            rados_mgr_command(
+                self.handle,
+                cmds.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut outbuf,
+                &mut outbuflen,
+                &mut outs,
+                &mut outslen,
+            )
+        };
+        let (out, status) = (take_buffer(outbuf, outbuflen), take_buffer(outs, outslen));
+        if rc < 0 {
+            Err((-rc, status))
+        } else {
+            Ok((out, status))
+        }
+    }
+}
+
+/// A created but not (yet) connected handle, released if connecting fails. The caller holds
+/// the lifecycle lock.
+struct Unconnected(RadosT);
+
+impl Drop for Unconnected {
+    fn drop(&mut self) {
+        // SAFETY: a handle from a successful rados_create2 that no RadosCluster owns (the
+        // success path forgets this guard); rados_shutdown frees it, connected or not.
+        unsafe { rados_shutdown(self.0) };
+    }
+}
 
 /// Copies and frees a buffer librados allocated.
 fn take_buffer(buf: *mut c_char, len: usize) -> String {
@@ -209,35 +445,79 @@ fn take_buffer(buf: *mut c_char, len: usize) -> String {
     text
 }
 
-/// Sends a JSON command to the active ceph-mgr; returns (output, status text).
-pub fn mgr_command(
-    cluster: &RadosHandle,
-    command: &str,
-) -> Result<(String, String), (Errno, String)> {
-    let command = c_string(command).map_err(|e| (e, String::new()))?;
-    let mut cmds = [command.as_ptr()];
-    let (mut outbuf, mut outbuflen, mut outs, mut outslen) =
-        (ptr::null_mut(), 0usize, ptr::null_mut(), 0usize);
-    // SAFETY: connected cluster handle; one NUL-terminated command; empty input; out-pointers
-    // valid; the returned buffers are freed by take_buffer.
-    let rc = unsafe {
-        rados_mgr_command(
-            *cluster.0.inner(),
-            cmds.as_mut_ptr(),
-            1,
-            ptr::null(),
-            0,
-            &mut outbuf,
-            &mut outbuflen,
-            &mut outs,
-            &mut outslen,
-        )
-    };
-    let (out, status) = (take_buffer(outbuf, outbuflen), take_buffer(outs, outslen));
-    if rc < 0 {
-        Err((-rc, status))
-    } else {
-        Ok((out, status))
+/// An I/O context on one pool (`rados_ioctx_t`); destroyed on drop, which happens only after
+/// every [`RawImage`] opened from it is closed (each holds an `Arc` of it). It keeps its
+/// [`RadosCluster`] alive.
+pub struct IoCtx {
+    handle: RadosIoctxT,
+    // Dropped after `Drop::drop` destroyed `handle`.
+    _cluster: Arc<RadosCluster>,
+}
+
+// SAFETY: librados I/O contexts may be used from several threads at once as long as nobody
+// changes their settings (snapshot, locator, namespace), which nothing here does.
+unsafe impl Send for IoCtx {}
+// SAFETY: as above.
+unsafe impl Sync for IoCtx {}
+
+impl Drop for IoCtx {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from a successful rados_ioctx_create, is destroyed exactly
+        // once, and no image opened from it is still open; the cluster is still connected
+        // (`_cluster` is dropped after this).
+        unsafe { rados_ioctx_destroy(self.handle) };
+    }
+}
+
+impl IoCtx {
+    /// Takes (or renews, per `flags`) the exclusive RADOS lock `lock` on `object` for
+    /// `duration`, as the holder `cookie`.
+    pub fn lock_exclusive(
+        &self,
+        object: &str,
+        lock: &str,
+        cookie: &str,
+        description: &str,
+        duration: std::time::Duration,
+        flags: u8,
+    ) -> Result<(), Errno> {
+        let (object, lock, cookie, description) = (
+            c_string(object)?,
+            c_string(lock)?,
+            c_string(cookie)?,
+            c_string(description)?,
+        );
+        let mut tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(duration.as_secs()).map_err(|_| libc::EINVAL)?,
+            // Below 1_000_000: fits every suseconds_t.
+            tv_usec: duration.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: valid ioctx; NUL-terminated strings; a valid timeval librados only reads.
+        check(unsafe {
+            rados_lock_exclusive(
+                self.handle,
+                object.as_ptr(),
+                lock.as_ptr(),
+                cookie.as_ptr(),
+                description.as_ptr(),
+                &mut tv,
+                flags,
+            )
+        })
+    }
+
+    /// Releases `lock` on `object` held as `cookie`.
+    pub fn unlock(&self, object: &str, lock: &str, cookie: &str) -> Result<(), Errno> {
+        let (object, lock, cookie) = (c_string(object)?, c_string(lock)?, c_string(cookie)?);
+        // SAFETY: valid ioctx; NUL-terminated strings.
+        check(unsafe { rados_unlock(self.handle, object.as_ptr(), lock.as_ptr(), cookie.as_ptr()) })
+    }
+
+    /// Removes a RADOS object.
+    pub fn remove_object(&self, object: &str) -> Result<(), Errno> {
+        let object = c_string(object)?;
+        // SAFETY: valid ioctx; NUL-terminated name.
+        check(unsafe { rados_remove(self.handle, object.as_ptr()) })
     }
 }
 
@@ -265,13 +545,13 @@ pub fn create(io: &IoCtx, name: &str, size: u64) -> Result<(), Errno> {
     let name = c_string(name)?;
     let mut order: c_int = 0;
     // SAFETY: valid ioctx, NUL-terminated name, valid out-pointer.
-    check(unsafe { rbd_create(*io.inner(), name.as_ptr(), size, &mut order) })
+    check(unsafe { rbd_create(io.handle, name.as_ptr(), size, &mut order) })
 }
 
 pub fn remove(io: &IoCtx, name: &str) -> Result<(), Errno> {
     let name = c_string(name)?;
     // SAFETY: valid ioctx and NUL-terminated name.
-    check(unsafe { rbd_remove(*io.inner(), name.as_ptr()) })
+    check(unsafe { rbd_remove(io.handle, name.as_ptr()) })
 }
 
 pub fn clone(
@@ -288,10 +568,10 @@ pub fn clone(
     // SAFETY: valid ioctxs, NUL-terminated names, valid out-pointer.
     check(unsafe {
         rbd_clone(
-            *parent_io.inner(),
+            parent_io.handle,
             parent.as_ptr(),
             parent_snap.as_ptr(),
-            *child_io.inner(),
+            child_io.handle,
             child.as_ptr(),
             features,
             &mut order,
@@ -310,7 +590,7 @@ pub fn trash_list(io: &IoCtx) -> Result<Vec<TrashEntry>, Errno> {
         let mut entries: Vec<RbdTrashImageInfo> = Vec::with_capacity(capacity);
         let mut num = capacity;
         // SAFETY: the buffer holds `num` entries; librbd writes at most that many.
-        let rc = unsafe { rbd_trash_list(*io.inner(), entries.as_mut_ptr(), &mut num) };
+        let rc = unsafe { rbd_trash_list(io.handle, entries.as_mut_ptr(), &mut num) };
         if rc == -libc::ERANGE {
             capacity = num.max(capacity * 2);
             continue;
@@ -359,25 +639,64 @@ pub struct SnapInfo {
     pub name: String,
 }
 
-/// An open librbd image; closed on drop.
+/// The progress callback of [`RawImage::flatten`]. `Send`: librbd calls it from its own
+/// threads while the flatten call blocks.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// The extent callback of [`RawImage::diff_iterate`]. `Send`: librbd calls it from its own
+/// threads while the iterate call blocks.
+pub type DiffExtent<'a> = &'a mut (dyn FnMut(u64, usize, bool) + Send);
+
+/// What a callback trampoline receives as its `void *`: the Rust callback behind a mutex, so
+/// that calls librbd makes from several threads at once (object completions finish in
+/// parallel) still reach the `FnMut` one at a time.
+struct CallbackData<F>(Mutex<F>);
+
+impl<F> CallbackData<F> {
+    fn new(callback: F) -> Self {
+        CallbackData(Mutex::new(callback))
+    }
+
+    fn as_arg(&self) -> *mut c_void {
+        self as *const Self as *mut c_void
+    }
+
+    /// Runs `call` on the callback; a panic is caught (it must not unwind into C) and
+    /// reported as `Err`.
+    fn call<R>(&self, call: impl FnOnce(&mut F) -> R) -> Result<R, ()> {
+        // Panics are caught while the lock is held, so it is never poisoned; recovering from
+        // poison anyway keeps a bug elsewhere from turning into a panic across C.
+        let mut callback = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        catch_unwind(AssertUnwindSafe(|| call(&mut callback))).map_err(|_| ())
+    }
+}
+
+/// An open librbd image; closed on drop, before the [`IoCtx`] it holds is released.
 pub struct RawImage {
     handle: RbdImageT,
+    // Dropped after `Drop::drop` closed `handle`.
+    _io: Arc<IoCtx>,
 }
 
 // SAFETY: a librbd image handle may be used from any thread, one call at a time; `RawImage`
-// is not Sync, so `&mut`/ownership guarantees that.
+// is not Sync, so `&mut`/ownership guarantees that. The `Arc<IoCtx>` it holds is Send.
 unsafe impl Send for RawImage {}
 
 impl Drop for RawImage {
     fn drop(&mut self) {
-        // SAFETY: the handle came from a successful rbd_open and is closed exactly once.
+        // SAFETY: the handle came from a successful rbd_open and is closed exactly once, while
+        // its I/O context and cluster are still alive (`_io` is dropped after this).
         unsafe { rbd_close(self.handle) };
     }
 }
 
 impl RawImage {
+    /// Opens image `name` (at `snap`, or its head) in `io`'s pool; the image keeps `io` alive.
     pub fn open(
-        io: &IoCtx,
+        io: &Arc<IoCtx>,
         name: &str,
         snap: Option<&str>,
         read_only: bool,
@@ -388,13 +707,16 @@ impl RawImage {
         // SAFETY: valid ioctx, NUL-terminated strings (snap may be NULL), valid out-pointer.
         let rc = unsafe {
             if read_only {
-                rbd_open_read_only(*io.inner(), name.as_ptr(), &mut handle, opt_ptr(&snap))
+                rbd_open_read_only(io.handle, name.as_ptr(), &mut handle, opt_ptr(&snap))
             } else {
-                rbd_open(*io.inner(), name.as_ptr(), &mut handle, opt_ptr(&snap))
+                rbd_open(io.handle, name.as_ptr(), &mut handle, opt_ptr(&snap))
             }
         };
         check(rc)?;
-        Ok(RawImage { handle })
+        Ok(RawImage {
+            handle,
+            _io: Arc::clone(io),
+        })
     }
 
     pub fn stat(&self) -> Result<Stat, Errno> {
@@ -526,18 +848,19 @@ impl RawImage {
     }
 
     /// Flattens the clone, calling `progress(done, total)` as librbd reports it.
-    pub fn flatten(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), Errno> {
+    pub fn flatten(&mut self, progress: Progress<'_>) -> Result<(), Errno> {
         extern "C" fn trampoline(offset: u64, total: u64, data: *mut c_void) -> c_int {
-            // SAFETY: `data` is the `&mut &mut dyn FnMut` passed below, alive for the call.
-            let progress = unsafe { &mut *(data as *mut &mut dyn FnMut(u64, u64)) };
-            // A panic must not unwind into C.
-            let _ = catch_unwind(AssertUnwindSafe(|| progress(offset, total)));
+            // SAFETY: `data` is the CallbackData passed below, which outlives the call that
+            // makes these callbacks; only shared references to it are made.
+            let progress = unsafe { &*(data as *const CallbackData<Progress<'_>>) };
+            // A failed progress report does not stop the flatten.
+            let _ = progress.call(|progress| progress(offset, total));
             0
         }
-        let mut progress = progress;
-        let data = &mut progress as *mut &mut dyn FnMut(u64, u64) as *mut c_void;
-        // SAFETY: open handle; callback and data live until the call returns.
-        check(unsafe { rbd_flatten_with_progress(self.handle, trampoline, data) })
+        let data = CallbackData::new(progress);
+        // SAFETY: open handle; callback and data live until the call returns, and librbd
+        // makes no callback after it returned.
+        check(unsafe { rbd_flatten_with_progress(self.handle, trampoline, data.as_arg()) })
     }
 
     /// The clone's parent, or None if the image has none.
@@ -643,7 +966,7 @@ impl RawImage {
         len: u64,
         include_parent: bool,
         whole_object: bool,
-        extent: &mut dyn FnMut(u64, usize, bool),
+        extent: DiffExtent<'_>,
     ) -> Result<(), Errno> {
         extern "C" fn trampoline(
             offset: u64,
@@ -651,17 +974,18 @@ impl RawImage {
             exists: c_int,
             data: *mut c_void,
         ) -> c_int {
-            // SAFETY: `data` is the `&mut &mut dyn FnMut` passed below, alive for the call.
-            let extent = unsafe { &mut *(data as *mut &mut dyn FnMut(u64, usize, bool)) };
-            match catch_unwind(AssertUnwindSafe(|| extent(offset, len, exists != 0))) {
+            // SAFETY: `data` is the CallbackData passed below, which outlives the call that
+            // makes these callbacks; only shared references to it are made.
+            let extent = unsafe { &*(data as *const CallbackData<DiffExtent<'_>>) };
+            match extent.call(|extent| extent(offset, len, exists != 0)) {
                 Ok(()) => 0,
-                Err(_) => -libc::ECANCELED,
+                Err(()) => -libc::ECANCELED,
             }
         }
         let from_snap = opt_c_string(from_snap)?;
-        let mut extent = extent;
-        let data = &mut extent as *mut &mut dyn FnMut(u64, usize, bool) as *mut c_void;
-        // SAFETY: open handle; callback and data live until the call returns.
+        let data = CallbackData::new(extent);
+        // SAFETY: open handle; callback and data live until the call returns, and librbd
+        // makes no callback after it returned.
         check(unsafe {
             rbd_diff_iterate2(
                 self.handle,
@@ -671,8 +995,227 @@ impl RawImage {
                 include_parent as u8,
                 whole_object as u8,
                 trampoline,
-                data,
+                data.as_arg(),
             )
         })
+    }
+}
+
+/// The structs above against the C headers: a C program compiled with the system compiler
+/// prints each struct's size and alignment and each field's offset and size, and the test
+/// compares them with what Rust lays out.
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use std::fmt::Write as _;
+    use std::mem::{align_of, offset_of, size_of};
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// A Rust struct's layout under its C name.
+    struct Layout {
+        c_type: &'static str,
+        size: usize,
+        align: usize,
+        /// (C field name, offset, size)
+        fields: Vec<(&'static str, usize, usize)>,
+    }
+
+    fn field_size<T, F>(_field: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// The layout of `$rust`, whose fields carry the C names; the list must name every field
+    /// (the destructuring below stops compiling otherwise).
+    macro_rules! layout {
+        ($rust:ident as $c_type:literal { $($field:ident),+ $(,)? }) => {{
+            #[allow(dead_code)]
+            fn every_field_is_listed(value: &$rust) {
+                let $rust { $($field: _),+ } = value;
+            }
+            Layout {
+                c_type: $c_type,
+                size: size_of::<$rust>(),
+                align: align_of::<$rust>(),
+                fields: vec![$((
+                    stringify!($field),
+                    offset_of!($rust, $field),
+                    field_size(|value: &$rust| &value.$field),
+                )),+],
+            }
+        }};
+    }
+
+    /// Every `#[repr(C)]` struct in this module that mirrors a librbd/librados type.
+    fn rust_layouts() -> Vec<Layout> {
+        vec![
+            layout!(RbdImageInfo as "rbd_image_info_t" {
+                size, obj_size, num_objs, order, block_name_prefix, parent_pool, parent_name,
+            }),
+            layout!(RbdSnapInfo as "rbd_snap_info_t" { id, size, name }),
+            layout!(RbdLinkedImageSpec as "rbd_linked_image_spec_t" {
+                pool_id, pool_name, pool_namespace, image_id, image_name, trash,
+            }),
+            layout!(RbdSnapSpec as "rbd_snap_spec_t" { id, namespace_type, name }),
+            layout!(RbdTrashImageInfo as "rbd_trash_image_info_t" {
+                id, name, source, deletion_time, deferment_end_time,
+            }),
+        ]
+    }
+
+    /// One line per fact, the same whether Rust or C states it.
+    fn struct_line(c_type: &str, size: usize, align: usize) -> String {
+        format!("{c_type} size={size} align={align}")
+    }
+
+    fn field_line(c_type: &str, field: &str, offset: usize, size: usize) -> String {
+        format!("{c_type}.{field} offset={offset} size={size}")
+    }
+
+    /// The facts Rust states, as the C program would print them.
+    fn expected_lines(layouts: &[Layout]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for l in layouts {
+            lines.push(struct_line(l.c_type, l.size, l.align));
+            for &(field, offset, size) in &l.fields {
+                lines.push(field_line(l.c_type, field, offset, size));
+            }
+        }
+        lines
+    }
+
+    /// A C program printing, for the same structs and fields, what the C compiler lays out.
+    fn c_program(layouts: &[Layout]) -> String {
+        let mut c = String::from(
+            "#include <stddef.h>\n#include <stdio.h>\n#include <rados/librados.h>\n\
+             #include <rbd/librbd.h>\n\nint main(void) {\n",
+        );
+        for l in layouts {
+            let t = l.c_type;
+            let _ = writeln!(
+                c,
+                "  printf(\"{t} size=%zu align=%zu\\n\", sizeof({t}), _Alignof({t}));"
+            );
+            for &(f, _, _) in &l.fields {
+                let _ = writeln!(
+                    c,
+                    "  printf(\"{t}.{f} offset=%zu size=%zu\\n\", offsetof({t}, {f}), \
+                     sizeof((({t} *)0)->{f}));"
+                );
+            }
+        }
+        c.push_str("  return 0;\n}\n");
+        c
+    }
+
+    /// Each expected fact the C output does not confirm, with what C said instead.
+    fn mismatches(expected: &[String], c_output: &str) -> Vec<String> {
+        let actual: Vec<&str> = c_output.lines().map(str::trim).collect();
+        expected
+            .iter()
+            .filter(|line| !actual.contains(&line.as_str()))
+            .map(|line| {
+                let key = line.split(' ').next().unwrap_or(line);
+                let c_says = actual
+                    .iter()
+                    .find(|a| a.split(' ').next() == Some(key))
+                    .copied()
+                    .unwrap_or("nothing");
+                format!("Rust: {line}\n   C: {c_says}")
+            })
+            .collect()
+    }
+
+    /// A fresh directory for the C program, removed on drop.
+    struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        fn new() -> ScratchDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir()
+                .join(format!("snapq-ffi-layout-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            ScratchDir(dir)
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Compiles and runs `program` with the system C compiler (`$CC`, else `cc`); panics with
+    /// the reason if there is none or it fails.
+    fn run_c(program: &str) -> String {
+        let dir = ScratchDir::new();
+        let (source, binary) = (dir.0.join("layout.c"), dir.0.join("layout"));
+        std::fs::write(&source, program).unwrap_or_else(|e| panic!("write the C program: {e}"));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+        let compiled = Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run the C compiler `{cc}` ({e}): this test checks the librbd struct \
+                     layouts against /usr/include/rbd/librbd.h and needs one; install gcc \
+                     (apt-get install gcc) or point CC at a C compiler"
+                )
+            });
+        assert!(
+            compiled.status.success(),
+            "`{cc}` could not compile the layout program (are librbd-dev and librados-dev \
+             installed?):\n{}\n--- program ---\n{program}",
+            String::from_utf8_lossy(&compiled.stderr)
+        );
+        let ran = Command::new(&binary)
+            .output()
+            .unwrap_or_else(|e| panic!("run the layout program: {e}"));
+        assert!(ran.status.success(), "the layout program failed: {ran:?}");
+        String::from_utf8_lossy(&ran.stdout).into_owned()
+    }
+
+    #[test]
+    fn ffi_structs_match_the_librbd_headers() {
+        let layouts = rust_layouts();
+        let c_output = run_c(&c_program(&layouts));
+        let wrong = mismatches(&expected_lines(&layouts), &c_output);
+        assert!(
+            wrong.is_empty(),
+            "these Rust mirrors of librbd/librados structs differ from the C headers:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn layout_check_notices_a_moved_field_and_a_wrong_size() {
+        let layouts = rust_layouts();
+        let expected = expected_lines(&layouts);
+        let agreeing = expected.join("\n");
+        assert!(mismatches(&expected, &agreeing).is_empty());
+
+        // As if C put `rbd_snap_info_t.size` first and made the struct larger.
+        let moved = agreeing
+            .replace(
+                "rbd_snap_info_t.size offset=8 size=8",
+                "rbd_snap_info_t.size offset=0 size=8",
+            )
+            .replace(
+                "rbd_snap_info_t size=24 align=8",
+                "rbd_snap_info_t size=32 align=8",
+            );
+        assert_ne!(moved, agreeing, "the test edits lines that exist");
+        let wrong = mismatches(&expected, &moved);
+        assert_eq!(wrong.len(), 2, "{wrong:?}");
+        assert!(wrong[0].contains("C: rbd_snap_info_t size=32"), "{wrong:?}");
+        assert!(
+            wrong[1].contains("C: rbd_snap_info_t.size offset=0"),
+            "{wrong:?}"
+        );
     }
 }

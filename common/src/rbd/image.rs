@@ -30,7 +30,9 @@ pub struct SnapshotInfo {
     pub size: u64,
 }
 
-/// An open image. All calls block; run them off the async runtime.
+/// An open image. All calls block; run them off the async runtime. It keeps its pool and
+/// connection alive: dropping every [`Pool`] and [`super::Cluster`] it came from leaves it
+/// usable, and the connection closes only after the image does.
 pub struct Image {
     raw: RawImage,
     /// `pool/name[@snap]`, for error messages.
@@ -160,7 +162,8 @@ impl Image {
 
     /// Copies all data from the parent into this clone, making it independent.
     /// `progress(done, total)` is called as librbd advances.
-    pub fn flatten(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), RbdError> {
+    /// `Send`, because librbd calls it from its own threads.
+    pub fn flatten(&mut self, progress: &mut (dyn FnMut(u64, u64) + Send)) -> Result<(), RbdError> {
         let target = self.spec.clone();
         self.raw
             .flatten(progress)
@@ -236,11 +239,11 @@ impl Image {
     }
 
     /// Calls `extent(offset, len)` for every allocated extent of the image (not counting
-    /// data only its parent holds).
+    /// data only its parent holds). `Send`, because librbd calls it from its own threads.
     pub fn for_each_allocated_extent(
         &self,
         whole_object: bool,
-        extent: &mut dyn FnMut(u64, usize),
+        extent: &mut (dyn FnMut(u64, usize) + Send),
     ) -> Result<(), RbdError> {
         let size = self.size()?;
         self.raw

@@ -1,10 +1,15 @@
-//! A safe layer over librbd (and librados through the `ceph` crate).
+//! A safe layer over librbd and librados.
 //!
-//! All `unsafe` code lives in `ffi`. Every call blocks; async code runs it through
-//! [`run_blocking`] so the runtime's threads never wait on Ceph.
+//! All `unsafe` code lives in `ffi` (the rest of the crate denies it). Every call blocks; async
+//! code runs it through [`run_blocking`] so the runtime's threads never wait on Ceph, and no
+//! single monitor or OSD request waits longer than [`CephConfig::op_timeout`].
+//!
+//! Handles keep what they were opened from alive: an [`Image`] its [`Pool`], a pool its
+//! connection. Dropping them in any order is safe.
 
 mod cluster;
 mod error;
+#[allow(unsafe_code)]
 mod ffi;
 mod image;
 

@@ -16,6 +16,8 @@
 //! | `x-snapq-last-error` | the last failure, one line |
 //! | `x-snapq-reason` | why the job was dead-lettered ([`DeadLetterReason`]: `fallback`, `park`, `refused`, `retries-exhausted`, `malformed`, `fallback-failed`) |
 //! | `x-snapq-replays` | times an operator replayed the job from the parking lot |
+//! | `x-snapq-leftovers` | JSON list of the job's own RBD artefacts cleanup could not remove (`snapq jobs purge` removes them) |
+//! | `x-snapq-fallback-attempt` | attempts the dead-letter consumer made at the job (transient failures of the full copy, or an outage it waited out) |
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,8 @@ pub const HEADER_HISTORY: &str = "x-snapq-history";
 pub const HEADER_LAST_ERROR: &str = "x-snapq-last-error";
 pub const HEADER_REASON: &str = "x-snapq-reason";
 pub const HEADER_REPLAYS: &str = "x-snapq-replays";
+pub const HEADER_FALLBACK_ATTEMPT: &str = "x-snapq-fallback-attempt";
+pub const HEADER_LEFTOVERS: &str = "x-snapq-leftovers";
 
 /// Entries of history kept in the header; older ones are dropped.
 pub const MAX_HISTORY: usize = 32;
@@ -160,6 +164,10 @@ pub struct JobState {
     /// version, is kept as it is).
     pub reason: Option<String>,
     pub replays: u32,
+    /// Attempts of the dead-letter consumer (0: none yet).
+    pub fallback_attempt: u32,
+    /// This job's own artefacts that cleanup left (`pool/image[@snap]`).
+    pub leftovers: Vec<String>,
 }
 
 impl JobState {
@@ -284,6 +292,18 @@ impl JobState {
                 Some(n) => u32::try_from(n)
                     .map_err(|_| invalid(HEADER_REPLAYS, format!("{n} is out of range")))?,
             },
+            leftovers: match string_header(headers, HEADER_LEFTOVERS)? {
+                None => Vec::new(),
+                Some(json) => serde_json::from_str(&json).map_err(|e| {
+                    invalid(HEADER_LEFTOVERS, format!("not a JSON list of strings: {e}"))
+                })?,
+            },
+            fallback_attempt: match int_header(headers, HEADER_FALLBACK_ATTEMPT)? {
+                None => 0,
+                Some(n) => u32::try_from(n).map_err(|_| {
+                    invalid(HEADER_FALLBACK_ATTEMPT, format!("{n} is out of range"))
+                })?,
+            },
         })
     }
 
@@ -332,6 +352,16 @@ impl JobState {
             headers.insert(
                 HEADER_REPLAYS.into(),
                 AMQPValue::LongLongInt(i64::from(self.replays)),
+            );
+        }
+        if !self.leftovers.is_empty() {
+            let json = serde_json::to_string(&self.leftovers).unwrap_or_else(|_| "[]".into());
+            put_string(&mut headers, HEADER_LEFTOVERS, &Some(json));
+        }
+        if self.fallback_attempt > 0 {
+            headers.insert(
+                HEADER_FALLBACK_ATTEMPT.into(),
+                AMQPValue::LongLongInt(i64::from(self.fallback_attempt)),
             );
         }
         headers
@@ -396,6 +426,8 @@ mod tests {
             last_error: Some("boom".into()),
             reason: Some("park".into()),
             replays: 2,
+            fallback_attempt: 4,
+            leftovers: vec!["images/x".into()],
             ..JobState::default()
         };
         state.record(HistoryEntry {

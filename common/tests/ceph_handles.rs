@@ -195,3 +195,66 @@ fn connecting_to_unreachable_monitors_times_out_after_the_op_timeout() {
         "gave up after {waited:?}: {err}"
     );
 }
+
+/// Runs the `ceph` CLI as the dev cluster's admin.
+fn ceph_admin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ceph")
+        .arg("-c")
+        .arg(setting("SNAPQ_CEPH_CONF"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the ceph CLI: {e}"))
+}
+
+#[test]
+fn a_blocklisted_client_reconnects_and_its_pools_follow() {
+    let _serial = one_at_a_time();
+    let pool_name = setting("SNAPQ_NOVA_POOL");
+    let cluster = connect(&config());
+    let pool = cluster.pool(&pool_name).expect("open the pool");
+    let object = unique_name("snapq-blocklist-probe");
+    pool.set_xattr(&object, "probe", b"1")
+        .expect("a write before");
+    let address = cluster.client_addresses().expect("the client's address");
+    let added = ceph_admin(&["osd", "blocklist", "add", address.trim()]);
+    assert!(
+        added.status.success(),
+        "blocklist add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let outcome = std::panic::catch_unwind(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let err = loop {
+            match pool.set_xattr(&object, "probe", b"2") {
+                Err(e) => break e,
+                Ok(()) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the blocklist never took effect"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        assert_eq!(
+            err.kind,
+            snapq_common::rbd::RbdErrorKind::Blocklisted,
+            "{err}"
+        );
+        assert!(err.is_transient());
+        cluster.reconnect().expect("a new connection");
+        // The pool opened before the reconnect uses the new connection.
+        pool.set_xattr(&object, "probe", b"3")
+            .expect("a write after reconnecting");
+        assert_eq!(
+            pool.xattr(&object, "probe").expect("read back").as_deref(),
+            Some(&b"3"[..])
+        );
+        pool.remove_object(&object).expect("remove the probe");
+    });
+    let removed = ceph_admin(&["osd", "blocklist", "rm", address.trim()]);
+    assert!(removed.status.success(), "blocklist rm");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

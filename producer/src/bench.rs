@@ -147,7 +147,7 @@ async fn bare_direct(
         let features = source.features()?;
         images2.clone_from(&vms2, &disk2, "bench", &id2, features)?;
         let mut clone = images2.open(&id2)?;
-        clone.flatten(&mut |_, _| {})?;
+        clone.flatten(&mut |_, _| true)?;
         source.remove_snap("bench")?;
         clone.create_snap("snap")?;
         clone.protect_snap("snap")?;

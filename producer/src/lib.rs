@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_fallback;
+pub mod bench_load;
 pub mod jobs;
 
 use std::time::Duration;

@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Request a snapshot of an instance disk.
     Snapshot(SnapshotArgs),
-    /// Time snapq's direct path beside the same operations done bare (needs a running worker).
+    /// Time snapq's direct path beside the same operations done bare (needs a running worker),
+    /// or (--load N) N jobs at once against 1 and 2 workers it starts itself.
     Bench(BenchArgs),
     /// Inspect, replay or purge parked jobs.
     Jobs(JobsArgs),
@@ -59,8 +60,16 @@ enum JobsAction {
         #[arg(long, default_value = "direct", value_parser = ["direct", "fallback"])]
         mode: String,
     },
-    /// Drop a parked job for good.
-    Purge { id: String },
+    /// Drop a parked job for good, with what remains of it in Ceph (its own marked artefacts
+    /// and its lease object; Glance is asked whether it uses the clone).
+    Purge {
+        id: String,
+        #[command(flatten)]
+        glance: GlanceArgs,
+        /// Pool holding the workers' lease objects (as `snapq-worker --lease-pool`).
+        #[arg(long, env = "SNAPQ_LEASE_POOL", default_value = "vms")]
+        lease_pool: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +90,28 @@ struct BenchArgs {
     /// Pid of the dead-letter worker, to report its peak memory.
     #[arg(long)]
     worker_pid: Option<u32>,
+    /// Load benchmark: N jobs published at once against 1 worker, then against 2 (see
+    /// --workers); starts the workers itself (settings from this environment).
+    #[arg(long, value_name = "N", conflicts_with = "fallback")]
+    load: Option<usize>,
+    /// With --load: the worker counts to run a batch against, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", requires = "load")]
+    workers: Vec<usize>,
+    /// With --load: virtual size of each disk.
+    #[arg(long, default_value_t = 1, requires = "load")]
+    load_disk_gib: u64,
+    /// With --load: data written to each disk, in 4 MiB extents.
+    #[arg(long, default_value_t = 64, requires = "load")]
+    load_written_mib: u64,
+    /// With --load: seconds one batch may take.
+    #[arg(long, default_value_t = 600, requires = "load")]
+    load_timeout: u64,
+    /// With --load: the snapq-worker binary [default: beside this one].
+    #[arg(long, requires = "load")]
+    worker_bin: Option<std::path::PathBuf>,
+    /// With --load: where the workers' logs go [default: <temp dir>/snapq-bench-load].
+    #[arg(long, requires = "load")]
+    log_dir: Option<std::path::PathBuf>,
     /// Pool of the instance disks.
     #[arg(long, env = "SNAPQ_NOVA_POOL", default_value = "vms")]
     nova_pool: String,
@@ -178,6 +209,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let glance = GlanceClient::new(glance_config)?;
+    let load = args
+        .load
+        .map(|jobs| load_bench(&args, jobs, &amqp_url))
+        .transpose()?;
     let config = snapq_producer::bench::BenchConfig {
         disk_gib: args.disk_gib,
         written_mib: args.written_mib,
@@ -187,6 +222,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         amqp_url,
         topology: Topology::new(args.amqp.topology()),
     };
+    if let Some(load) = load {
+        return snapq_producer::bench_load::run(config, load, cluster, glance).await;
+    }
     if args.fallback {
         let extra = snapq_producer::bench_fallback::FallbackBench {
             glance_url: args.glance.url.clone(),
@@ -197,6 +235,56 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         return snapq_producer::bench_fallback::run(config, extra, cluster, glance).await;
     }
     snapq_producer::bench::run(config, cluster, glance).await
+}
+
+/// What `snapq bench --load` runs, and the settings its workers get: this command's (the
+/// broker URL only through their environment), on top of the environment they inherit.
+fn load_bench(
+    args: &BenchArgs,
+    jobs: usize,
+    amqp_url: &str,
+) -> anyhow::Result<snapq_producer::bench_load::LoadBench> {
+    let worker_binary = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("snapq-worker"),
+    };
+    let mut worker_env: Vec<(String, String)> = vec![
+        ("SNAPQ_AMQP_URL".into(), amqp_url.to_string()),
+        ("SNAPQ_EXCHANGE".into(), args.amqp.exchange.clone()),
+        (
+            "SNAPQ_EXCHANGE_DURABLE".into(),
+            args.amqp.exchange_durable.to_string(),
+        ),
+        (
+            "SNAPQ_DELIVERY_LIMIT".into(),
+            args.amqp.delivery_limit.to_string(),
+        ),
+        ("SNAPQ_GLANCE_URL".into(), args.glance.url.clone()),
+        ("SNAPQ_CEPH_CONF".into(), args.ceph.conf.clone()),
+        ("SNAPQ_CEPH_USER".into(), args.ceph.user.clone()),
+        ("SNAPQ_GLANCE_POOL".into(), args.ceph.glance_pool.clone()),
+    ];
+    if let Some(file) = &args.glance.token_file {
+        worker_env.push(("SNAPQ_GLANCE_TOKEN_FILE".into(), file.display().to_string()));
+    }
+    if std::env::var_os("SNAPQ_SOURCE_POOLS").is_none() {
+        worker_env.push(("SNAPQ_SOURCE_POOLS".into(), args.nova_pool.clone()));
+    }
+    Ok(snapq_producer::bench_load::LoadBench {
+        jobs,
+        workers: args.workers.clone(),
+        disk_gib: args.load_disk_gib,
+        written_mib: args.load_written_mib,
+        worker_binary,
+        log_dir: args
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("snapq-bench-load")),
+        worker_env,
+        timeout: Duration::from_secs(args.load_timeout),
+    })
 }
 
 async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
@@ -279,8 +367,21 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     bail!("{refused} job(s) could not be replayed");
                 }
             }
-            JobsAction::Purge { id } => {
+            JobsAction::Purge { id, glance, lease_pool } => {
                 let index = parked.iter().position(|j| &j.id() == id).ok_or_else(|| anyhow::anyhow!("no parked job {id}"))?;
+                if let Some(request) = parked[index].request.clone() {
+                    let cluster = snapq_common::rbd::connect(args.ceph.config(), Duration::from_secs(args.ceph.connect_timeout_secs)).await?;
+                    let target = snapq_worker::purge::PurgeTarget {
+                        image_pool: cluster.pool(&args.ceph.glance_pool)?,
+                        lease_pool: cluster.pool(lease_pool)?,
+                        glance: GlanceClient::new(glance.config()?)?,
+                        cluster,
+                    };
+                    let remaining = snapq_worker::purge::remove_remains(&target, &request, id).await?;
+                    for spec in &remaining {
+                        println!("{id}: kept {spec}: Glance uses it (or could not be asked)");
+                    }
+                }
                 let job = parked.remove(index);
                 jobs::purge(job).await?;
                 println!("{id}: purged");

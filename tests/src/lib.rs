@@ -231,6 +231,9 @@ pub mod worker_harness {
                 .try_init();
             let services = Services::from_env();
             let cluster = cluster_as(ceph_user).await;
+            let lease_pool = cluster
+                .pool(&services.nova_pool)
+                .expect("open the lease pool");
             let image_pool = cluster
                 .pool(&services.glance_pool)
                 .expect("open Glance's pool");
@@ -249,6 +252,7 @@ pub mod worker_harness {
                 lease_duration: Duration::from_secs(6),
                 max_attempts: 3,
                 shutdown_grace: Duration::from_secs(30),
+                lease_pool,
                 source_policy: snapq_worker::SourcePolicy::nova(
                     &services.nova_pool,
                     &services.glance_pool,
@@ -839,7 +843,9 @@ pub mod replies {
             let queue = format!("reply_{}", uuid::Uuid::new_v4().simple());
             {
                 let (_connection, channel) = rabbit::channel().await;
-                declare(&channel, &queue).await.expect("declare the reply queue");
+                declare(&channel, &queue)
+                    .await
+                    .expect("declare the reply queue");
             }
             let received = Arc::new(Mutex::new(Vec::new()));
             let (stop, mut stopped) = watch::channel(false);
@@ -849,7 +855,8 @@ pub mod replies {
                 let mut connection: Option<(lapin::Connection, lapin::Channel)> = None;
                 loop {
                     if connection.is_none() {
-                        if let Ok(c) = snapq_common::amqp::connect(&url, "snapq-tests-replies").await
+                        if let Ok(c) =
+                            snapq_common::amqp::connect(&url, "snapq-tests-replies").await
                         {
                             if let Ok(ch) = c.create_channel().await {
                                 // Redeclared after a broker restart (a quorum queue survives
@@ -950,6 +957,16 @@ pub mod replies {
             rabbit::delete_queues(&[self.queue.as_str()]).await;
         }
     }
+
+    /// An inbox dropped without [`ReplyInbox::close`] (a failing test) stops draining, so it
+    /// does not declare its queue again after someone deletes it.
+    impl Drop for ReplyInbox {
+        fn drop(&mut self) {
+            if let Some(task) = self.task.take() {
+                task.abort();
+            }
+        }
+    }
 }
 
 pub mod rados_objects {
@@ -961,7 +978,14 @@ pub mod rados_objects {
     /// Whether `pool` holds the RADOS object `object`.
     pub async fn object_exists(pool: &str, object: &str) -> bool {
         let out = tokio::process::Command::new("rados")
-            .args(["-c", &setting("SNAPQ_CEPH_CONF"), "--id", "nova", "-p", pool])
+            .args([
+                "-c",
+                &setting("SNAPQ_CEPH_CONF"),
+                "--id",
+                "nova",
+                "-p",
+                pool,
+            ])
             .args(["stat", object])
             .output()
             .await

@@ -143,6 +143,7 @@ fn snapq_jobs(job: &Job, args: &[&str]) -> (bool, String) {
         )
         .env("SNAPQ_CEPH_CONF", &services.ceph_conf)
         .env("SNAPQ_CEPH_USER", "nova")
+        .env("SNAPQ_GLANCE_URL", &services.glance_url)
         .output()
         .expect("run snapq jobs");
     let text = String::from_utf8_lossy(&output.stdout).to_string()

@@ -80,6 +80,7 @@ async fn snapshot_clone_flatten_and_cleanup_keep_the_data() {
         cloned.flatten(&mut |_, total| {
             calls += 1;
             last_total = total;
+            true
         })?;
         assert!(calls > 0 && last_total > 0, "flatten reports progress");
         assert_eq!(cloned.parent()?, None, "a flattened clone has no parent");
@@ -210,4 +211,52 @@ async fn connecting_as_an_unknown_user_fails_with_an_error() {
         .await
         .expect_err("unknown users cannot connect");
     assert!(err.to_string().contains("client.no-such-user"), "{err}");
+}
+
+#[tokio::test]
+async fn flatten_stops_when_its_progress_callback_says_so_and_metadata_round_trips() {
+    let cluster = cluster_as("nova").await;
+    let (vms, images) = pools(&cluster);
+    let disk = unique_name("rbdlayer-cancel");
+    let clone = unique_name("rbdlayer-cancel-clone");
+    let (disk2, clone2) = (disk.clone(), clone.clone());
+    let (vms2, images2) = (vms.clone(), images.clone());
+    run_blocking(move || {
+        vms2.create_image(&disk2, 64 * MIB)?;
+        let mut image = vms2.open(&disk2)?;
+        for i in 0..16 {
+            image.write_at(i * 4 * MIB, &pattern(i + 3, MIB as usize))?;
+        }
+        image.flush()?;
+        image.create_snap("s1")?;
+        let features = image.features()?;
+        images2.clone_from(&vms2, &disk2, "s1", &clone2, features)?;
+        let mut cloned = images2.open(&clone2)?;
+
+        assert_eq!(cloned.metadata("snapq.test")?, None);
+        cloned.set_metadata("snapq.test", "{\"a\": 1}")?;
+        assert_eq!(
+            cloned.metadata("snapq.test")?.as_deref(),
+            Some("{\"a\": 1}")
+        );
+
+        let err = cloned
+            .flatten(&mut |_, _| false)
+            .expect_err("a flatten told to stop fails");
+        assert_eq!(err.kind, RbdErrorKind::Cancelled, "{err}");
+        assert!(
+            cloned.parent()?.is_some(),
+            "a stopped flatten leaves the clone dependent"
+        );
+        cloned.flatten(&mut |_, _| true)?;
+        assert_eq!(cloned.parent()?, None);
+        drop(cloned);
+        images2.remove_image(&clone2)?;
+        let mut image = vms2.open(&disk2)?;
+        image.remove_snap("s1")?;
+        drop(image);
+        vms2.remove_image(&disk2)
+    })
+    .await
+    .expect("cancelled flatten");
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::Channel;
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError};
 use snapq_common::job::{DeadLetterReason, JobState};
 use snapq_common::message::{
@@ -18,12 +17,13 @@ use snapq_common::message::{
 };
 use tracing::warn;
 
+use crate::channels::Channels;
 use crate::settings::WorkerSettings;
 
-/// A delivery this worker holds, with the channel it came on.
+/// A delivery this worker holds, with the worker's channels.
 pub struct JobMessage<'a> {
     settings: &'a WorkerSettings,
-    channel: &'a Channel,
+    channels: &'a Channels,
     delivery: &'a Delivery,
     /// The body as snapq republishes it: without secrets.
     body: Vec<u8>,
@@ -32,12 +32,12 @@ pub struct JobMessage<'a> {
 impl<'a> JobMessage<'a> {
     pub fn new(
         settings: &'a WorkerSettings,
-        channel: &'a Channel,
+        channels: &'a Channels,
         delivery: &'a Delivery,
     ) -> JobMessage<'a> {
         JobMessage {
             settings,
-            channel,
+            channels,
             delivery,
             body: without_secrets(&delivery.data),
         }
@@ -131,14 +131,14 @@ impl<'a> JobMessage<'a> {
             result,
             failure,
         };
-        if let Err(e) = publish_confirmed(
-            self.channel,
-            "",
-            &reply_to.reply_queue,
-            &reply.encode(),
-            oslo_properties(),
-        )
-        .await
+        if let Err(e) = self
+            .publish_body(
+                "",
+                &reply_to.reply_queue,
+                &reply.encode(),
+                oslo_properties(),
+            )
+            .await
         {
             warn!(reply_queue = %reply_to.reply_queue, error = %e, "could not deliver the reply");
         }
@@ -181,13 +181,26 @@ impl<'a> JobMessage<'a> {
         routing_key: &str,
         state: &JobState,
     ) -> Result<(), AmqpError> {
-        publish_confirmed(
-            self.channel,
+        self.publish_body(
             exchange,
             routing_key,
             &self.body,
             oslo_properties().with_headers(state.to_headers()),
         )
         .await
+    }
+
+    /// One confirmed publish on a channel of the publishing pool.
+    async fn publish_body(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let channel = self.channels.publisher().await?;
+        let published = publish_confirmed(&channel, exchange, routing_key, body, properties).await;
+        self.channels.give_back(channel);
+        published
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::channels::Channels;
 use crate::settings::{Role, WorkerSettings};
 use crate::{dead_letter, work};
 
@@ -106,17 +107,18 @@ async fn consume(
             source,
         })?;
     info!(queue, role = ?settings.role, concurrency = settings.concurrency, "worker consuming");
+    let channels = Arc::new(Channels::new(connection, channel));
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             Some(finished) = jobs.join_next(), if !jobs.is_empty() => log_join(finished),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (settings, channel) = (settings.clone(), channel.clone());
+                    let (settings, channels) = (settings.clone(), channels.clone());
                     jobs.spawn(async move {
                         match settings.role {
-                            Role::Work => work::handle(&settings, &channel, delivery).await,
-                            Role::DeadLetter => dead_letter::handle(&settings, &channel, delivery).await,
+                            Role::Work => work::handle(&settings, &channels, delivery).await,
+                            Role::DeadLetter => dead_letter::handle(&settings, &channels, delivery).await,
                         }
                     });
                 }
@@ -126,11 +128,15 @@ async fn consume(
         }
     }
     info!("shutdown requested: taking no new jobs");
-    let _ = channel
+    let _ = channels
+        .consume
         .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
         .await;
     drain(settings, jobs).await;
-    let _ = connection.close(200, "worker stopping".into()).await;
+    let _ = channels
+        .connection()
+        .close(200, "worker stopping".into())
+        .await;
     Ok(())
 }
 

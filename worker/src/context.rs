@@ -9,6 +9,7 @@ use snapq_common::rbd::{run_blocking, Cluster, Pool};
 use uuid::Uuid;
 
 use crate::error::JobError;
+use crate::lease::LeaseToken;
 use crate::names::ArtifactNames;
 use crate::settings::WorkerSettings;
 
@@ -33,6 +34,9 @@ pub struct JobContext {
     pub flatten_hold: Duration,
     /// Clones whose source holds less than this many bytes are flattened in the worker.
     pub flatten_in_process_below: u64,
+    /// Whether the job's lease is still held: checked before every mutating Ceph call.
+    /// Until the lease is taken ([`JobContext::under`]) every check fails.
+    pub lease: LeaseToken,
     /// The project the request acts for (`_context_project_id`), if it says: the Glance image
     /// must be owned by it.
     pub project: Option<String>,
@@ -58,7 +62,14 @@ impl JobContext {
             flatten_hold: settings.flatten_hold,
             flatten_in_process_below: settings.flatten_in_process_below,
             project: request.context.project().map(str::to_string),
+            lease: LeaseToken::not_held(request.image_id),
         })
+    }
+
+    /// This context for work under the lease `token` stands for.
+    pub fn under(mut self, token: LeaseToken) -> JobContext {
+        self.lease = token;
+        self
     }
     /// Ok if `images/<image_id>` is this job's own clone; the refusal saying what it is
     /// otherwise. A missing clone is left for the caller's own open to report.

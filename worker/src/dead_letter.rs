@@ -6,21 +6,21 @@
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use lapin::Channel;
 use snapq_common::job::{now_ms, DeadLetterReason, JobState};
 use snapq_common::message::{RpcFailure, SnapshotRequest};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::broker::JobMessage;
+use crate::channels::Channels;
 use crate::context::JobContext;
 use crate::decode::decode_job;
 use crate::error::{Disposition, JobError};
-use crate::lease::{JobLease, LeaseError};
+use crate::lease::{JobLease, LeaseError, LeaseToken, Release};
 use crate::settings::WorkerSettings;
 use crate::{cleanup, fallback, reply};
 
-pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let job = JobMessage::new(settings, channel, &delivery);
+pub async fn handle(settings: &WorkerSettings, channels: &Channels, delivery: Delivery) {
+    let job = JobMessage::new(settings, channels, &delivery);
     let (request, state) = match decode_job(&delivery) {
         Ok(decoded) => decoded,
         Err(bad) => {
@@ -91,6 +91,16 @@ async fn serve(
         job.park(&state).await;
         return;
     };
+    // The outage that used up the fast path's retries would fail the full copy too.
+    if reason == DeadLetterReason::RetriesExhausted {
+        if let Err(e) = settings.glance.get_image(request.image_id).await {
+            let error = JobError::from(e);
+            if error.disposition(settings.image_pool.name()) == Disposition::Retry {
+                wait_out(settings, job, request, state, reason, error).await;
+                return;
+            }
+        }
+    }
     // One line an operator can act on: why the fast path was not used.
     warn!(
         reason = reason.name(),
@@ -98,12 +108,20 @@ async fn serve(
         disk = %request.disk,
         "falling back to a full copy"
     );
-    let lease = match JobLease::for_job(settings, request).await {
+    let job_id = state
+        .job_id
+        .clone()
+        .unwrap_or_else(|| request.unique_id.clone());
+    let lease = match JobLease::for_job(settings, request.image_id, &job_id).await {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
             info!("another worker holds the job's lease; trying again shortly");
             tokio::time::sleep(Duration::from_secs(1)).await;
             job.nack(true).await;
+            return;
+        }
+        Err(LeaseError::Ceph(e)) if e.is_transient() => {
+            wait_out(settings, job, request, state, reason, JobError::Ceph(e)).await;
             return;
         }
         Err(LeaseError::Ceph(e)) => {
@@ -113,8 +131,19 @@ async fn serve(
         }
     };
     let started = Instant::now();
-    let result = run_fallback(settings, request).await;
-    lease.release(result.is_ok()).await;
+    let result = run_fallback(settings, request, lease.token(), &mut state).await;
+    let passing = result.as_ref().err().is_some_and(|e| {
+        e.disposition(settings.image_pool.name()) == Disposition::Retry
+            && state.fallback_attempt < settings.max_attempts
+    });
+    // Done or parked, the job ends here; a passing failure comes back.
+    lease
+        .release(if passing {
+            Release::Continue
+        } else {
+            Release::End
+        })
+        .await;
     let took = started.elapsed();
     match result {
         Ok(report) => {
@@ -136,11 +165,48 @@ async fn serve(
             job.reply(request, Some(result), None).await;
             job.ack().await;
         }
+        Err(e) if passing => wait_out(settings, job, request, state, reason, e).await,
         Err(e) => {
             error!(error = %e, "the full copy failed too; parking the job");
             give_up(job, request, state, e).await;
         }
     }
+}
+
+/// A passing failure (Glance or Ceph briefly unreachable): the job waits with backoff and comes
+/// back to this queue, up to `--max-attempts` times, before it is parked.
+async fn wait_out(
+    settings: &WorkerSettings,
+    job: &JobMessage<'_>,
+    request: &SnapshotRequest,
+    mut state: JobState,
+    reason: DeadLetterReason,
+    error: JobError,
+) {
+    if state.fallback_attempt >= settings.max_attempts {
+        error!(error = %error, "the outage outlasted every attempt; parking the job");
+        give_up(job, request, state, error).await;
+        return;
+    }
+    state.fallback_attempt += 1;
+    state.last_error = Some(error.to_string());
+    let delay = fallback_retry_delay(state.fallback_attempt);
+    warn!(error = %error, attempt = state.fallback_attempt, delay_ms = delay.as_millis() as u64, "a passing failure; the full copy waits and tries again");
+    tokio::time::sleep(delay).await;
+    job.dead_letter(state, reason).await;
+}
+
+/// 1 s, doubling, at most 60 s, with jitter.
+fn fallback_retry_delay(attempt: u32) -> Duration {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// Answers the caller with `error` and parks the job: refused, or its full copy failed.
@@ -151,7 +217,7 @@ async fn give_up(
     error: JobError,
 ) {
     state.last_error = Some(error.to_string());
-    state.set_reason(if error.disposition() == Disposition::Refuse {
+    state.set_reason(if error.is_refusal() {
         DeadLetterReason::Refused
     } else {
         DeadLetterReason::FallbackFailed
@@ -163,9 +229,11 @@ async fn give_up(
 async fn run_fallback(
     settings: &WorkerSettings,
     request: &SnapshotRequest,
+    lease: LeaseToken,
+    state: &mut JobState,
 ) -> Result<Option<fallback::CopyReport>, JobError> {
-    let ctx = JobContext::new(settings, request)?;
-    cleanup::remove_partial_state(&ctx).await?;
+    let ctx = JobContext::new(settings, request)?.under(lease);
+    state.leftovers = cleanup::remove_partial_state(&ctx).await?;
     let copied = fallback::full_copy(&ctx).await;
     if copied.is_err() {
         // Leave nothing behind; the Glance image stays queued, ready for a replay.

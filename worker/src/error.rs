@@ -3,7 +3,7 @@
 use snapq_common::amqp::AmqpError;
 use snapq_common::glance::GlanceError;
 use snapq_common::message::MessageError;
-use snapq_common::rbd::RbdError;
+use snapq_common::rbd::{RbdError, RbdErrorKind};
 use uuid::Uuid;
 
 /// What to do with a job that failed.
@@ -107,11 +107,39 @@ pub enum JobError {
     Refused(#[from] Refusal),
 }
 
+/// What each failure leads to. A failure is classified by what failed and where, not by
+/// errno alone (the README has the same table):
+///
+/// | failure | where | disposition |
+/// |---|---|---|
+/// | Ceph `EPERM`/`EACCES`/`EROFS` | Glance's pool (clone, mark, `snap`) | fallback: the full copy needs no write access there |
+/// | Ceph `EPERM`/`EACCES`/`EROFS` | the instance pool or the lease pool | park: the full copy needs that pool too |
+/// | manager `EACCES`/`ENOTSUP`/`EOPNOTSUPP` on `rbd task add flatten` | flatten | not a failure: the worker flattens in-process |
+/// | Ceph timeout, `EAGAIN`, connection lost, lease lost (`ECANCELED`) | anywhere | retry |
+/// | Ceph `ESHUTDOWN` (this client was blocklisted) | anywhere | retry, after reconnecting the cluster handle |
+/// | Ceph `EBUSY` (watchers, a snapshot still with clones) | anywhere | retry |
+/// | other Ceph errors (`ENOENT` of something that must exist, `ENOSPC`, ...) | anywhere | park |
+/// | Glance 5xx, 429, transport errors | anywhere | retry |
+/// | Glance 400/403 on the location call | publish | fallback |
+/// | Glance's import still running | publish | checkpoint and wait, no attempt spent |
+/// | Glance's import task failed | publish | retry (the next attempt registers anew) |
+/// | other Glance errors (401, 404 of the image, ...) | anywhere | park |
+/// | disk in another cluster than Glance's store | snapshot | fallback |
+/// | a refusal (policy, image not waiting, foreign artefact) | anywhere | refuse |
+/// | missing disk, image deleted, invalid request | anywhere | park |
+///
+/// Transient failures past `--max-attempts` are dead-lettered as `retries-exhausted`; the
+/// dead-letter consumer does not start a full copy while the outage that caused them lasts.
 impl JobError {
-    pub fn disposition(&self) -> Disposition {
+    /// The disposition of this failure in a cluster where Glance's pool is `glance_pool`.
+    pub fn disposition(&self, glance_pool: &str) -> Disposition {
         match self {
-            JobError::Ceph(e) if e.is_transient() => Disposition::Retry,
-            JobError::Ceph(e) if e.is_fallback_reason() => Disposition::Fallback,
+            JobError::Ceph(e) if e.is_transient() || e.kind == RbdErrorKind::Busy => {
+                Disposition::Retry
+            }
+            JobError::Ceph(e) if e.is_fallback_reason() && e.pool() == Some(glance_pool) => {
+                Disposition::Fallback
+            }
             JobError::Glance(e) if e.refuses_location() => Disposition::Fallback,
             JobError::DifferentCluster { .. } => Disposition::Fallback,
             JobError::Glance(e) if e.is_transient() => Disposition::Retry,
@@ -130,6 +158,15 @@ impl JobError {
         }
     }
 
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, JobError::Refused(_))
+    }
+
+    /// Whether this client was blocklisted and its cluster handle must be replaced.
+    pub fn needs_reconnect(&self) -> bool {
+        matches!(self, JobError::Ceph(e) if e.kind == RbdErrorKind::Blocklisted)
+    }
+
     /// Whether the failed job must leave Ceph exactly as it is, its own leftovers included
     /// (see [`Refusal::is_about_the_request`]).
     pub fn must_not_clean_up(&self) -> bool {
@@ -141,19 +178,52 @@ impl JobError {
 mod tests {
     use super::*;
 
+    fn ceph(op: &'static str, target: &str, errno: i32) -> JobError {
+        JobError::from(RbdError::new(op, target, errno))
+    }
+
     #[test]
-    fn ceph_errors_classify_by_errno() {
-        let eperm = JobError::from(RbdError::new("clone", "images/x", libc_eperm()));
-        assert_eq!(eperm.disposition(), Disposition::Fallback);
-        let timeout = JobError::from(RbdError::new("open", "vms/x", 110));
-        assert_eq!(timeout.disposition(), Disposition::Retry);
+    fn ceph_errors_classify_by_errno_and_pool() {
+        let d = |e: JobError| e.disposition("images");
+        assert_eq!(
+            d(ceph("clone", "images/x", libc::EPERM)),
+            Disposition::Fallback
+        );
+        assert_eq!(
+            d(ceph("clone", "images/x", libc::EROFS)),
+            Disposition::Fallback
+        );
+        assert_eq!(
+            d(ceph("snapshot", "vms/x_disk@snapq-1", libc::EPERM)),
+            Disposition::Park,
+            "the full copy needs the instance pool too"
+        );
+        assert_eq!(
+            d(ceph("lock", "vms/snapq_lease.1", libc::EACCES)),
+            Disposition::Park
+        );
+        assert_eq!(
+            d(ceph("open", "vms/x", libc::ETIMEDOUT)),
+            Disposition::Retry
+        );
+        assert_eq!(
+            d(ceph("remove image", "images/x", libc::EBUSY)),
+            Disposition::Retry
+        );
+        assert_eq!(
+            d(ceph("open", "vms/x", libc::ESHUTDOWN)),
+            Disposition::Retry
+        );
+        assert!(ceph("open", "vms/x", libc::ESHUTDOWN).needs_reconnect());
+        assert!(!ceph("open", "vms/x", libc::ETIMEDOUT).needs_reconnect());
+        assert_eq!(d(ceph("open", "vms/x", libc::ENOSPC)), Disposition::Park);
         let missing = JobError::SourceMissing {
             disk: "vms/x".into(),
         };
-        assert_eq!(missing.disposition(), Disposition::Park);
-    }
-
-    fn libc_eperm() -> i32 {
-        1
+        assert_eq!(d(missing), Disposition::Park);
+        let refused = JobError::from(Refusal::GlancePool {
+            pool: "images".into(),
+        });
+        assert_eq!(d(refused), Disposition::Refuse);
     }
 }

@@ -1,21 +1,39 @@
-//! A job's lease: an exclusive RADOS lock per job, with expiry and renewal, so two workers
-//! never run a step of the same job at once. A worker that dies stops renewing and the lease
-//! expires; a worker that fails to renew has lost it and must stop working on the job.
+//! A job's lease: an exclusive RADOS lock per Glance image id, with expiry and renewal, so two
+//! workers never work on the same image at once — whatever pool each request names, since the
+//! lock object lives in one fixed pool (`--lease-pool`).
+//!
+//! - A worker that dies stops renewing; the lock expires after the lease time and the next
+//!   delivery of the job takes it.
+//! - A renewal that fails is retried quickly; once a renewal has not succeeded for two thirds
+//!   of the lease, the lease counts as lost (before it can expire in RADOS and be taken by
+//!   another worker). Librados calls are bounded by `--ceph-op-timeout`, at most half the lease,
+//!   so no renewal hangs past that.
+//! - Losing the lease flips its [`LeaseToken`]: steps check the token before every mutating
+//!   Ceph call (and a running flatten is told to stop), so a step stops before its next change.
+//! - The lock object records how far the job got (`snapq.progress`: job id and last step
+//!   done), written under the lock when a step ends. A stale copy of a job message (one whose
+//!   acknowledgement was lost after its checkpoint was published) finds it is behind and is
+//!   dropped instead of running the job a second time at once.
+//! - The object is removed when the job ends, however it ends.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use snapq_common::message::SnapshotRequest;
-use snapq_common::rbd::{run_blocking, Cluster, Pool, RbdError, RbdErrorKind};
+use snapq_common::job::Step;
+use snapq_common::rbd::{run_blocking, Pool, RbdError, RbdErrorKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{error, warn};
 use uuid::Uuid;
 
 use crate::settings::WorkerSettings;
 
 const LOCK_NAME: &str = "snapq-job";
+/// The lock object's record of the job's progress.
+const PROGRESS_XATTR: &str = "snapq.progress";
 /// Tries while another holder has the lease: the previous step's worker releases it while it
 /// publishes the checkpoint, so it may still be held for a few milliseconds.
 const HELD_RETRIES: u32 = 16;
@@ -36,17 +54,86 @@ fn releases_in_flight() -> MutexGuard<'static, HashMap<String, watch::Receiver<b
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The RADOS object that carries a job's lock. It lives in the instance disk's pool, where
-/// Nova's Ceph user can always write (it may only read Glance's pool: that is a fallback
-/// case, which needs the lease too).
+/// The RADOS object that carries the lock of the job for Glance image `image_id`.
 pub fn lease_object(image_id: Uuid) -> String {
     format!("snapq_lease.{image_id}")
+}
+
+/// Whether the lease is still held, shared with the blocking Ceph calls of a step.
+#[derive(Debug, Clone)]
+pub struct LeaseToken {
+    held: Arc<AtomicBool>,
+    object: Arc<str>,
+}
+
+impl LeaseToken {
+    /// A token of no lease: every check fails. For work done before the lease is taken,
+    /// which must not change anything.
+    pub fn not_held(image_id: Uuid) -> LeaseToken {
+        LeaseToken {
+            held: Arc::new(AtomicBool::new(false)),
+            object: lease_object(image_id).into(),
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Ok while the lease is held; a `Cancelled` error naming `op` once it is not. Call it
+    /// before every mutating Ceph call.
+    pub fn check(&self, op: &'static str) -> Result<(), RbdError> {
+        if self.is_held() {
+            Ok(())
+        } else {
+            Err(RbdError::with_kind(
+                op,
+                format!("the job holding lease {}", self.object),
+                RbdErrorKind::Cancelled,
+            ))
+        }
+    }
+}
+
+/// How far a job had got, as its lease object records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub job_id: String,
+    pub step_done: Step,
+}
+
+impl Progress {
+    fn encode(&self) -> Vec<u8> {
+        format!("{} {}", self.job_id, self.step_done.name()).into_bytes()
+    }
+
+    fn decode(raw: &[u8]) -> Option<Progress> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let (job_id, step) = text.split_once(' ')?;
+        Some(Progress {
+            job_id: job_id.to_string(),
+            step_done: Step::from_name(step)?,
+        })
+    }
+}
+
+/// How a job's lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The job goes on (a checkpoint or a retry): unlock, keep the object.
+    Continue,
+    /// The job goes on after `Progress` was reached: record it, then unlock.
+    After(Step),
+    /// The job has ended (active, parked, refused, purged): remove the object with its lock.
+    End,
 }
 
 pub struct JobLease {
     pool: Pool,
     object: String,
     cookie: String,
+    job_id: String,
+    token: LeaseToken,
     lost: watch::Receiver<bool>,
     renewer: JoinHandle<()>,
 }
@@ -60,15 +147,17 @@ pub enum LeaseError {
 }
 
 impl JobLease {
-    /// Takes the lease of `request`'s job for this worker.
+    /// Takes the lease of the job `job_id` for Glance image `image_id`, in the worker's lease
+    /// pool.
     pub async fn for_job(
         settings: &WorkerSettings,
-        request: &SnapshotRequest,
+        image_id: Uuid,
+        job_id: &str,
     ) -> Result<JobLease, LeaseError> {
         JobLease::acquire(
-            &settings.cluster,
-            &request.disk.pool,
-            request.image_id,
+            &settings.lease_pool,
+            image_id,
+            job_id,
             &settings.name,
             settings.lease_duration,
         )
@@ -76,14 +165,13 @@ impl JobLease {
     }
 
     /// Takes the lease for `duration`, renewing it every third of that until released.
-    async fn acquire(
-        cluster: &Cluster,
-        pool_name: &str,
+    pub async fn acquire(
+        pool: &Pool,
         image_id: Uuid,
+        job_id: &str,
         holder: &str,
         duration: Duration,
     ) -> Result<JobLease, LeaseError> {
-        let pool = &cluster.pool(pool_name).map_err(LeaseError::Ceph)?;
         let object = lease_object(image_id);
         let cookie = format!("{holder}/{}", Uuid::new_v4().simple());
         let own_release = releases_in_flight().get(&object).cloned();
@@ -109,34 +197,44 @@ impl JobLease {
                 Err(e) => return Err(LeaseError::Ceph(e)),
             }
         }
+        let token = LeaseToken {
+            held: Arc::new(AtomicBool::new(true)),
+            object: object.clone().into(),
+        };
         let (lost_tx, lost) = watch::channel(false);
-        let (pool2, object2, cookie2) = (pool.clone(), object.clone(), cookie.clone());
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(duration / 3).await;
-                let (p, o, c) = (pool2.clone(), object2.clone(), cookie2.clone());
-                match run_blocking(move || p.lock_exclusive(&o, LOCK_NAME, &c, duration, true))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.is_transient() => {
-                        warn!(error = %e, "lease renewal failed; retrying")
-                    }
-                    Err(e) => {
-                        error!(error = %e, "lease lost; stopping work on this job");
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
-                }
-            }
-        });
+        let renewer = tokio::spawn(renew(
+            pool.clone(),
+            object.clone(),
+            cookie.clone(),
+            duration,
+            token.clone(),
+            lost_tx,
+        ));
         Ok(JobLease {
             pool: pool.clone(),
             object,
             cookie,
+            job_id: job_id.to_string(),
+            token,
             lost,
             renewer,
         })
+    }
+
+    /// The token the job's steps check before each change.
+    pub fn token(&self) -> LeaseToken {
+        self.token.clone()
+    }
+
+    /// How far the lease object says this job got, if it recorded anything for it.
+    pub async fn progress(&self) -> Result<Option<Step>, RbdError> {
+        let (pool, object) = (self.pool.clone(), self.object.clone());
+        let raw = run_blocking(move || pool.xattr(&object, PROGRESS_XATTR)).await?;
+        Ok(raw
+            .as_deref()
+            .and_then(Progress::decode)
+            .filter(|p| p.job_id == self.job_id)
+            .map(|p| p.step_done))
     }
 
     /// Resolves when the lease is lost.
@@ -146,18 +244,37 @@ impl JobLease {
         // A closed channel without loss means the renewer ended: treat as lost.
     }
 
-    /// Stops renewing and unlocks; `remove` also deletes the lock object (job finished).
-    pub async fn release(self, remove: bool) {
+    /// Stops renewing and lets go of the lease as `how` says.
+    pub async fn release(self, how: Release) {
         self.renewer.abort();
+        let still_held = self.token.is_held();
+        self.token.held.store(false, Ordering::Release);
         let (done_tx, done) = watch::channel(false);
         releases_in_flight().insert(self.object.clone(), done.clone());
         let (pool, object, cookie) = (self.pool.clone(), self.object.clone(), self.cookie.clone());
+        let progress = match how {
+            Release::After(step) => Some(Progress {
+                job_id: self.job_id.clone(),
+                step_done: step,
+            }),
+            _ => None,
+        };
         let result = run_blocking(move || {
-            pool.unlock(&object, LOCK_NAME, &cookie)?;
-            if remove {
-                pool.remove_object(&object)?;
+            if !still_held {
+                // Lost: another worker may hold it now; touch nothing of it.
+                return Ok(());
             }
-            Ok(())
+            match how {
+                // Removing the object drops the lock with it, in one step: no other worker
+                // can take the lock in between and lose it to the removal.
+                Release::End => pool.remove_object(&object),
+                Release::Continue | Release::After(_) => {
+                    if let Some(progress) = progress {
+                        pool.set_xattr(&object, PROGRESS_XATTR, &progress.encode())?;
+                    }
+                    pool.unlock(&object, LOCK_NAME, &cookie)
+                }
+            }
         })
         .await;
         {
@@ -175,5 +292,69 @@ impl JobLease {
         if let Err(e) = result {
             warn!(error = %e, "could not release the lease; it expires by itself");
         }
+    }
+}
+
+/// Renews the lock every third of `duration`. A failed renewal is retried every twelfth; when
+/// none has succeeded for two thirds of the lease, the lease is lost.
+async fn renew(
+    pool: Pool,
+    object: String,
+    cookie: String,
+    duration: Duration,
+    token: LeaseToken,
+    lost_tx: watch::Sender<bool>,
+) {
+    let mut last_renewed = Instant::now();
+    let mut wait = duration / 3;
+    loop {
+        tokio::time::sleep(wait).await;
+        let (p, o, c) = (pool.clone(), object.clone(), cookie.clone());
+        let renewed =
+            run_blocking(move || p.lock_exclusive(&o, LOCK_NAME, &c, duration, true)).await;
+        let give_up = match renewed {
+            Ok(()) => {
+                last_renewed = Instant::now();
+                wait = duration / 3;
+                false
+            }
+            Err(e) if e.is_transient() && last_renewed.elapsed() < duration * 2 / 3 => {
+                warn!(error = %e, "lease renewal failed; retrying");
+                wait = duration / 12;
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "lease lost; stopping work on this job");
+                true
+            }
+        };
+        if give_up {
+            token.held.store(false, Ordering::Release);
+            let _ = lost_tx.send(true);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_through_its_xattr_value() {
+        let progress = Progress {
+            job_id: "53e413643f1445e4a93b284bb4bf83cb".into(),
+            step_done: Step::Flatten,
+        };
+        assert_eq!(Progress::decode(&progress.encode()), Some(progress));
+        assert_eq!(Progress::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_token_of_no_lease_refuses_every_change() {
+        let token = LeaseToken::not_held(Uuid::nil());
+        let err = token.check("snapshot").expect_err("not held");
+        assert_eq!(err.kind, RbdErrorKind::Cancelled);
+        assert!(err.is_transient());
     }
 }

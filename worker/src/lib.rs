@@ -14,6 +14,7 @@
 
 pub mod artefacts;
 pub mod broker;
+pub mod channels;
 pub mod cleanup;
 pub mod consumer;
 pub mod context;
@@ -28,6 +29,7 @@ pub mod lease;
 pub mod names;
 pub mod policy;
 pub mod provenance;
+pub mod purge;
 pub mod reply;
 pub mod settings;
 pub mod steps;

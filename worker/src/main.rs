@@ -64,6 +64,10 @@ struct Args {
         value_delimiter = ','
     )]
     source_pools: Vec<String>,
+    /// Pool holding the jobs' lease objects (one per Glance image, whatever pool a request
+    /// names); the worker's Ceph user must be able to write it. Default: the first source pool.
+    #[arg(long, env = "SNAPQ_LEASE_POOL")]
+    lease_pool: Option<String>,
     /// Regular expression a requested disk's name must match (default: Nova's
     /// `<uuid>_disk`, `<uuid>_disk.local`, `<uuid>_disk.eph<N>`).
     #[arg(long, env = "SNAPQ_DISK_NAME_PATTERN", default_value = snapq_worker::policy::NOVA_DISK_NAME_PATTERN)]
@@ -103,6 +107,13 @@ async fn main() -> anyhow::Result<()> {
     let image_pool = cluster
         .pool(&args.ceph.glance_pool)
         .context("opening Glance's pool")?;
+    let lease_pool_name = args
+        .lease_pool
+        .clone()
+        .unwrap_or_else(|| source_policy.pools()[0].clone());
+    let lease_pool = cluster
+        .pool(&lease_pool_name)
+        .with_context(|| format!("opening the lease pool (--lease-pool {lease_pool_name})"))?;
     let glance = GlanceClient::new(glance_config).context("configuring the Glance client")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let settings = WorkerSettings {
@@ -121,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         source_policy,
+        lease_pool,
         name: format!("snapq-worker:{host}:{}", std::process::id()),
     };
     run_worker(settings, shutdown_signal()).await?;

@@ -4,7 +4,7 @@
 use snapq_common::job::JobState;
 use snapq_common::message::{RpcFailure, SnapshotRequest};
 
-use crate::error::{Disposition, JobError};
+use crate::error::JobError;
 
 /// How the image was made: inside Ceph.
 pub const METHOD_DIRECT: &str = "direct";
@@ -29,9 +29,10 @@ pub fn success_result(
 /// The remote error a failed job's caller gets: `snapq.exceptions.SnapshotRefused` when snapq
 /// would not touch what the request names, `SnapshotFailed` otherwise.
 pub fn failure(error: &JobError) -> RpcFailure {
-    let class = match error.disposition() {
-        Disposition::Refuse => "SnapshotRefused",
-        _ => "SnapshotFailed",
+    let class = if error.is_refusal() {
+        "SnapshotRefused"
+    } else {
+        "SnapshotFailed"
     };
     RpcFailure::new(class, "snapq.exceptions", error.to_string())
 }

@@ -41,6 +41,8 @@ pub struct WorkerSettings {
     pub glance_store_fsid: Option<String>,
     /// Which disks requests may name.
     pub source_policy: SourcePolicy,
+    /// The pool holding every job's lease object, whatever pool its request names.
+    pub lease_pool: Pool,
     /// Lifetime of a job's lease; renewed every third of it.
     pub lease_duration: Duration,
     /// Attempts at one step before a transient failure dead-letters the job.

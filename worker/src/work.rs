@@ -9,22 +9,22 @@
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use lapin::Channel;
 use snapq_common::job::{now_ms, DeadLetterReason, JobState, Step};
 use snapq_common::message::SnapshotRequest;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::broker::JobMessage;
+use crate::channels::Channels;
 use crate::context::JobContext;
 use crate::decode::decode_job;
 use crate::error::JobError;
 use crate::failure::fail;
-use crate::lease::{JobLease, LeaseError};
+use crate::lease::{JobLease, LeaseError, Release};
 use crate::settings::WorkerSettings;
 use crate::{failpoint, gate, reply, steps};
 
-pub async fn handle(settings: &WorkerSettings, channel: &Channel, delivery: Delivery) {
-    let job = JobMessage::new(settings, channel, &delivery);
+pub async fn handle(settings: &WorkerSettings, channels: &Channels, delivery: Delivery) {
+    let job = JobMessage::new(settings, channels, &delivery);
     let (request, mut state) = match decode_job(&delivery) {
         Ok(decoded) => decoded,
         Err(bad) => {
@@ -79,7 +79,7 @@ async fn run_step(
     let ctx = match JobContext::new(settings, request) {
         Ok(ctx) => ctx,
         Err(e) => {
-            fail(settings, job, request, state, step, e).await;
+            fail(settings, job, request, state, step, e, None).await;
             return;
         }
     };
@@ -87,12 +87,13 @@ async fn run_step(
         // A request for another project's image is refused before the lease, which would
         // otherwise be the one thing it left in Ceph.
         if let Err(e) = gate::check_project(&ctx).await {
-            fail(settings, job, request, state, step, e).await;
+            fail(settings, job, request, state, step, e, None).await;
             return;
         }
     }
     let lease_started = Instant::now();
-    let lease = match JobLease::for_job(settings, request).await {
+    let job_id = state.job_id.clone().unwrap_or_default();
+    let lease = match JobLease::for_job(settings, request.image_id, &job_id).await {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
             // Another worker runs this job right now (a duplicate held): come back later,
@@ -103,10 +104,27 @@ async fn run_step(
         }
         Err(LeaseError::Ceph(e)) => {
             warn!(error = %e, "cannot take the job's lease; retrying later");
-            fail(settings, job, request, state, step, JobError::Ceph(e)).await;
+            fail(settings, job, request, state, step, JobError::Ceph(e), None).await;
             return;
         }
     };
+    // A copy of the job that is behind what the lease object recorded is stale: its
+    // acknowledgement was lost after its checkpoint went out, and the job goes on from that
+    // checkpoint. Running it too would run the job twice at once.
+    match lease.progress().await {
+        Ok(Some(recorded)) if state.step_done < Some(recorded) => {
+            info!(
+                recorded = recorded.name(),
+                "a stale copy of a job that got further; dropping it"
+            );
+            lease.release(Release::Continue).await;
+            job.ack().await;
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the job's recorded progress; going on"),
+    }
+    let ctx = ctx.under(lease.token());
     if step == Step::SnapshotSource && state.step_done.is_none() && state.history.is_empty() {
         info!(disk = %request.disk, "job started");
     } else {
@@ -148,8 +166,10 @@ async fn run_step(
                 Some(_) => {
                     let next = state.advanced(step);
                     let publishing = Instant::now();
-                    let (published, ()) =
-                        tokio::join!(job.publish_checkpoint(&next), lease.release(false));
+                    let (published, ()) = tokio::join!(
+                        job.publish_checkpoint(&next),
+                        lease.release(Release::After(step))
+                    );
                     if let Err(e) = published {
                         // Not acknowledged: the broker redelivers the old message and the step,
                         // already done, is skipped.
@@ -165,7 +185,7 @@ async fn run_step(
                     }
                 }
                 None => {
-                    lease.release(true).await;
+                    lease.release(Release::End).await;
                     let seconds = state
                         .started_ms
                         .map(|s| now_ms().saturating_sub(s) as f64 / 1000.0)
@@ -185,18 +205,17 @@ async fn run_step(
             info!(percent, "flatten still running; checkpointing its progress");
             state.flatten_progress = Some(percent);
             job.retry_after(&state, Duration::from_millis(500)).await;
-            lease.release(false).await;
+            lease.release(Release::Continue).await;
         }
         // Glance's import is under way, not failed: come back without spending an attempt.
         Err(JobError::ImportInProgress { task }) => {
             info!(%task, "Glance is still importing; checkpointing the wait");
             job.retry_after(&state, Duration::from_secs(2)).await;
-            lease.release(false).await;
+            lease.release(Release::Continue).await;
         }
         Err(e) => {
             state.record(settings.history(step.name(), took, "failed"));
-            lease.release(false).await;
-            fail(settings, job, request, state, step, e).await;
+            fail(settings, job, request, state, step, e, Some((lease, ctx))).await;
         }
     }
 }

@@ -1,10 +1,20 @@
 //! Broker failures.
 
 /// A failed broker operation; every variant is worth retrying after a reconnect except
-/// `Nacked`, which means the broker refused to store the message.
+/// `Nacked`, which means the broker refused to store the message, and `QueueMismatch`, which
+/// lasts until an operator deletes the queue.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AmqpError {
+    /// A queue exists with other arguments than snapq declares (RabbitMQ's
+    /// `PRECONDITION_FAILED`); `hint` says what to do.
+    #[error("RabbitMQ already has the {what} '{queue}' with other arguments than this snapq declares ({broker}): {hint}")]
+    QueueMismatch {
+        what: &'static str,
+        queue: String,
+        broker: String,
+        hint: String,
+    },
     #[error("cannot connect to RabbitMQ at {address}: {detail}")]
     Connect { address: String, detail: String },
     #[error("RabbitMQ {op} failed: {source}")]

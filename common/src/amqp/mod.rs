@@ -8,4 +8,7 @@ mod topology;
 pub use connection::{connect, open_confirmed_channel};
 pub use error::{redact_url, AmqpError};
 pub use publish::{oslo_properties, publish_confirmed};
-pub use topology::{declare_topology, Topology, TopologyConfig};
+pub use topology::{
+    declare_topology, QueueDeclaration, QueueRole, Topology, TopologyConfig,
+    DEAD_LETTER_DELIVERY_LIMIT,
+};

@@ -20,6 +20,11 @@ pub enum RbdErrorKind {
     TryAgain,
     NoSpace,
     Interrupted,
+    /// This client was blocklisted (ESHUTDOWN): the connection is unusable and must be made
+    /// anew.
+    Blocklisted,
+    /// The operation was called off (ECANCELED): snapq stopped it, e.g. on losing a lease.
+    Cancelled,
     Other(i32),
 }
 
@@ -36,9 +41,9 @@ impl RbdErrorKind {
             libc::ETIMEDOUT => RbdErrorKind::TimedOut,
             libc::EAGAIN => RbdErrorKind::TryAgain,
             libc::ENOSPC | libc::EDQUOT => RbdErrorKind::NoSpace,
-            libc::EINTR | libc::ESHUTDOWN | libc::ECONNRESET | libc::ENOTCONN => {
-                RbdErrorKind::Interrupted
-            }
+            libc::EINTR | libc::ECONNRESET | libc::ENOTCONN => RbdErrorKind::Interrupted,
+            libc::ESHUTDOWN => RbdErrorKind::Blocklisted,
+            libc::ECANCELED => RbdErrorKind::Cancelled,
             other => RbdErrorKind::Other(other),
         }
     }
@@ -58,6 +63,8 @@ impl fmt::Display for RbdErrorKind {
             RbdErrorKind::TryAgain => f.write_str("temporarily unavailable"),
             RbdErrorKind::NoSpace => f.write_str("no space left in the cluster or pool quota"),
             RbdErrorKind::Interrupted => f.write_str("connection interrupted"),
+            RbdErrorKind::Cancelled => f.write_str("cancelled: the job's lease was lost"),
+            RbdErrorKind::Blocklisted => f.write_str("this client was blocklisted (shut down)"),
             RbdErrorKind::Other(errno) => write!(f, "errno {errno}"),
         }
     }
@@ -94,6 +101,16 @@ impl RbdError {
         self.kind == RbdErrorKind::NotFound
     }
 
+    /// The pool the operation changes: of the target (`pool/image[@snap]`, `pool/object`),
+    /// or for a clone (`parent -> pool/child`) of the new child.
+    pub fn pool(&self) -> Option<&str> {
+        let changed = match self.target.rsplit_once(" -> ") {
+            Some((_, child)) => child,
+            None => &self.target,
+        };
+        changed.split_once('/').map(|(pool, _)| pool)
+    }
+
     pub fn is_already_exists(&self) -> bool {
         self.kind == RbdErrorKind::AlreadyExists
     }
@@ -102,7 +119,11 @@ impl RbdError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            RbdErrorKind::TimedOut | RbdErrorKind::TryAgain | RbdErrorKind::Interrupted
+            RbdErrorKind::TimedOut
+                | RbdErrorKind::TryAgain
+                | RbdErrorKind::Interrupted
+                | RbdErrorKind::Cancelled
+                | RbdErrorKind::Blocklisted
         )
     }
 
@@ -119,6 +140,15 @@ impl RbdError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_is_the_one_the_operation_changes() {
+        let clone = RbdError::new("clone", "vms/d_disk@snapq-1 -> images/1", libc::EPERM);
+        assert_eq!(clone.pool(), Some("images"));
+        let snap = RbdError::new("snapshot", "vms/d_disk@snapq-1", libc::EPERM);
+        assert_eq!(snap.pool(), Some("vms"));
+        assert_eq!(RbdError::new("ceph-mgr", "rbd task add", 1).pool(), None);
+    }
 
     #[test]
     fn errno_maps_to_kinds_that_classify_the_error() {

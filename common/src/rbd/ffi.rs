@@ -171,6 +171,7 @@ extern "C" {
     fn rados_connect(cluster: RadosT) -> c_int;
     fn rados_shutdown(cluster: RadosT);
     fn rados_cluster_fsid(cluster: RadosT, buf: *mut c_char, len: usize) -> c_int;
+    fn rados_getaddrs(cluster: RadosT, addrs: *mut *mut c_char) -> c_int;
     fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char, io: *mut RadosIoctxT)
         -> c_int;
     fn rados_ioctx_destroy(io: RadosIoctxT);
@@ -190,6 +191,20 @@ extern "C" {
         cookie: *const c_char,
     ) -> c_int;
     fn rados_remove(io: RadosIoctxT, oid: *const c_char) -> c_int;
+    fn rados_setxattr(
+        io: RadosIoctxT,
+        oid: *const c_char,
+        name: *const c_char,
+        buf: *const c_char,
+        len: usize,
+    ) -> c_int;
+    fn rados_getxattr(
+        io: RadosIoctxT,
+        oid: *const c_char,
+        name: *const c_char,
+        buf: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn rados_mgr_command(
         cluster: RadosT,
         cmd: *mut *const c_char,
@@ -353,6 +368,18 @@ impl RadosCluster {
         Ok(text_until_nul(&buf))
     }
 
+    /// This client's own address(es), as the cluster sees it (what `ceph osd blocklist` takes).
+    pub fn client_addresses(&self) -> Result<String, Errno> {
+        let mut addrs: *mut c_char = ptr::null_mut();
+        // SAFETY: connected handle; valid out-pointer; librados allocates the string.
+        check(unsafe { rados_getaddrs(self.handle, &mut addrs) })?;
+        let text = owned(addrs);
+        // SAFETY: the string came from rados_getaddrs, which documents freeing it with
+        // rados_buffer_free; it is freed once.
+        unsafe { rados_buffer_free(addrs) };
+        Ok(text)
+    }
+
     /// The value librados uses for configuration option `option`.
     pub fn conf_get(&self, option: &str) -> Result<String, Errno> {
         let option = c_string(option)?;
@@ -513,6 +540,42 @@ impl IoCtx {
         check(unsafe { rados_unlock(self.handle, object.as_ptr(), lock.as_ptr(), cookie.as_ptr()) })
     }
 
+    /// Sets extended attribute `name` of a RADOS object (creating the object if needed).
+    pub fn set_xattr(&self, object: &str, name: &str, value: &[u8]) -> Result<(), Errno> {
+        let (object, name) = (c_string(object)?, c_string(name)?);
+        // SAFETY: valid ioctx; NUL-terminated strings; a buffer of `value.len()` bytes.
+        check(unsafe {
+            rados_setxattr(
+                self.handle,
+                object.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast::<c_char>(),
+                value.len(),
+            )
+        })
+    }
+
+    /// Extended attribute `name` of a RADOS object, at most `max` bytes of it.
+    pub fn get_xattr(&self, object: &str, name: &str, max: usize) -> Result<Vec<u8>, Errno> {
+        let (object, name) = (c_string(object)?, c_string(name)?);
+        let mut buf = vec![0u8; max];
+        // SAFETY: valid ioctx; NUL-terminated strings; a writable buffer of `max` bytes.
+        let rc = unsafe {
+            rados_getxattr(
+                self.handle,
+                object.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast::<c_char>(),
+                max,
+            )
+        };
+        if rc < 0 {
+            return Err(-rc);
+        }
+        buf.truncate(usize::try_from(rc).unwrap_or(0).min(max));
+        Ok(buf)
+    }
+
     /// Removes a RADOS object.
     pub fn remove_object(&self, object: &str) -> Result<(), Errno> {
         let object = c_string(object)?;
@@ -641,7 +704,7 @@ pub struct SnapInfo {
 
 /// The progress callback of [`RawImage::flatten`]. `Send`: librbd calls it from its own
 /// threads while the flatten call blocks.
-pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) -> bool + Send);
 
 /// The extent callback of [`RawImage::diff_iterate`]. `Send`: librbd calls it from its own
 /// threads while the iterate call blocks.
@@ -853,9 +916,12 @@ impl RawImage {
             // SAFETY: `data` is the CallbackData passed below, which outlives the call that
             // makes these callbacks; only shared references to it are made.
             let progress = unsafe { &*(data as *const CallbackData<Progress<'_>>) };
-            // A failed progress report does not stop the flatten.
-            let _ = progress.call(|progress| progress(offset, total));
-            0
+            // The callback answers whether to go on; librbd stops the flatten at a negative
+            // return. A panicking callback (caught) does not stop it.
+            match progress.call(|progress| progress(offset, total)) {
+                Ok(false) => -libc::ECANCELED,
+                Ok(true) | Err(()) => 0,
+            }
         }
         let data = CallbackData::new(progress);
         // SAFETY: open handle; callback and data live until the call returns, and librbd

@@ -56,7 +56,7 @@ impl Image {
             Some(snap) => format!("{}/{}@{}", pool.name(), name, snap),
             None => format!("{}/{}", pool.name(), name),
         };
-        let raw = RawImage::open(pool.io(), name, snap, read_only)
+        let raw = RawImage::open(&pool.io(), name, snap, read_only)
             .map_err(|e| RbdError::new("open", spec.clone(), e))?;
         Ok(Image { raw, spec })
     }
@@ -161,9 +161,13 @@ impl Image {
     }
 
     /// Copies all data from the parent into this clone, making it independent.
-    /// `progress(done, total)` is called as librbd advances.
-    /// `Send`, because librbd calls it from its own threads.
-    pub fn flatten(&mut self, progress: &mut (dyn FnMut(u64, u64) + Send)) -> Result<(), RbdError> {
+    /// `progress(done, total)` is called as librbd advances and answers whether to go on:
+    /// `false` stops the flatten, which then fails as `Cancelled` (the clone keeps its
+    /// parent). `Send`, because librbd calls it from its own threads.
+    pub fn flatten(
+        &mut self,
+        progress: &mut (dyn FnMut(u64, u64) -> bool + Send),
+    ) -> Result<(), RbdError> {
         let target = self.spec.clone();
         self.raw
             .flatten(progress)

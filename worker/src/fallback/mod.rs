@@ -37,10 +37,11 @@ pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError>
         remove_fallback_snapshot(ctx).await?;
         return Ok(None);
     }
-    let (pool, disk, snap) = (
+    let (pool, disk, snap, lease) = (
         ctx.source_pool.clone(),
         ctx.names.source.image.clone(),
         snapshot.clone(),
+        ctx.lease.clone(),
     );
     let extents = run_blocking(move || {
         let mut image = match pool.open(&disk) {
@@ -48,6 +49,7 @@ pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError>
             Err(e) => return Ok(Err(e)),
         };
         if !image.snap_exists(&snap)? {
+            lease.check("snapshot")?;
             image.create_snap(&snap)?;
         }
         let at_snapshot = pool.open_read_only(&disk, Some(&snap))?;
@@ -77,6 +79,7 @@ pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError>
         snapshot,
         extents,
     );
+    ctx.lease.check("upload a full copy into")?;
     ctx.glance.upload(ctx.image_id, body, Some(size)).await?;
     ctx.glance
         .wait_active(ctx.image_id, ctx.active_timeout, Duration::from_millis(200))
@@ -111,7 +114,11 @@ async fn fallback_snapshot_exists(ctx: &JobContext, snapshot: &str) -> Result<bo
 /// Removes the fallback's consistency snapshot if it is there.
 pub async fn remove_fallback_snapshot(ctx: &JobContext) -> Result<(), JobError> {
     let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
-    let (pool, disk) = (ctx.source_pool.clone(), ctx.names.source.image.clone());
+    let (pool, disk, lease) = (
+        ctx.source_pool.clone(),
+        ctx.names.source.image.clone(),
+        ctx.lease.clone(),
+    );
     run_blocking(move || {
         let mut image = match pool.open(&disk) {
             Ok(image) => image,
@@ -119,6 +126,7 @@ pub async fn remove_fallback_snapshot(ctx: &JobContext) -> Result<(), JobError> 
             Err(e) => return Err(e),
         };
         if image.snap_exists(&snapshot)? {
+            lease.check("remove snapshot")?;
             match image.remove_snap(&snapshot) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}

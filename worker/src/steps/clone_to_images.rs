@@ -9,11 +9,12 @@ use crate::error::JobError;
 use crate::provenance::{inspect_clone, mark_clone, CloneOwner};
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (source_pool, image_pool, names, image_id) = (
+    let (source_pool, image_pool, names, image_id, lease) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
         ctx.names.clone(),
         ctx.image_id,
+        ctx.lease.clone(),
     );
     run_blocking(move || {
         match inspect_clone(&image_pool, &names, image_id)? {
@@ -21,6 +22,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             // An earlier attempt cloned and stopped before marking: its parent link to this
             // job's snapshot proves it.
             CloneOwner::ThisJobUnmarked => {
+                lease.check("mark")?;
                 mark_clone(&image_pool, &names, image_id)?;
                 return Ok(Ok(StepReport::Done));
             }
@@ -35,6 +37,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         let features = source_pool
             .open_read_only(&names.source.image, Some(&names.source_snapshot))?
             .features()?;
+        lease.check("clone")?;
         match image_pool.clone_from(
             &source_pool,
             &names.source.image,
@@ -55,6 +58,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             }
             Err(e) => return Err(e),
         }
+        lease.check("mark")?;
         mark_clone(&image_pool, &names, image_id)?;
         Ok(Ok(StepReport::Done))
     })

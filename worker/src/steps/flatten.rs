@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use snapq_common::rbd::{run_blocking, RbdErrorKind};
+use snapq_common::rbd::run_blocking;
 use tracing::{info, warn, Span};
 
 use super::StepReport;
@@ -36,10 +36,12 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let spec = ctx.names.image_spec();
     let cluster = ctx.cluster.clone();
     let add = json!({"prefix": "rbd task add flatten", "image_spec": spec, "format": "json"});
+    ctx.lease.check("add a flatten task for")?;
     let task_id = match run_blocking(move || cluster.mgr_command(&add)).await {
         Ok(out) => task_id(&out),
-        Err(e) if matches!(e.kind, RbdErrorKind::PermissionDenied) => return Err(e.into()),
         Err(e) if e.is_transient() => return Err(e.into()),
+        // A manager that may not (EACCES: the user lacks `mgr 'profile rbd'`) or cannot
+        // (ENOTSUP: no rbd_support module) run the task is no reason for a full copy.
         Err(e) => {
             warn!(error = %e, "the Ceph manager cannot flatten; flattening in the worker");
             return flatten_in_process(ctx).await;
@@ -138,7 +140,7 @@ async fn task_progress(ctx: &JobContext, task_id: Option<&str>) -> Option<u8> {
 
 /// librbd's own flatten, in a blocking thread, for clusters without manager tasks.
 async fn flatten_in_process(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (image_pool, names) = (ctx.image_pool.clone(), ctx.names.clone());
+    let (image_pool, names, lease) = (ctx.image_pool.clone(), ctx.names.clone(), ctx.lease.clone());
     let span = Span::current();
     let report = run_blocking(move || {
         let _entered = span.enter();
@@ -148,12 +150,15 @@ async fn flatten_in_process(ctx: &JobContext) -> Result<StepReport, JobError> {
         }
         let started = Instant::now();
         let mut next_report_percent = 10;
+        lease.check("flatten")?;
+        // Asked at each progress report: a flatten whose lease is lost stops.
         image.flatten(&mut |done, total| {
             let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
             if percent >= next_report_percent {
                 info!(percent, done, total, "flatten progress");
                 next_report_percent = percent - percent % 10 + 10;
             }
+            lease.is_held()
         })?;
         info!(
             seconds = started.elapsed().as_secs_f64(),

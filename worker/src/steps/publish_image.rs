@@ -30,15 +30,17 @@ const MAX_POLL: Duration = Duration::from_secs(1);
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     // `snap` is made only on this job's own clone.
     ctx.require_own_clone().await?;
-    let (image_pool, names) = (ctx.image_pool.clone(), ctx.names.clone());
+    let (image_pool, names, lease) = (ctx.image_pool.clone(), ctx.names.clone(), ctx.lease.clone());
     let mut report = run_blocking(move || {
         let mut image = image_pool.open(&names.image)?;
         let mut report = StepReport::AlreadyDone;
         if !image.snap_exists(IMAGE_SNAPSHOT)? {
+            lease.check("snapshot")?;
             image.create_snap(IMAGE_SNAPSHOT)?;
             report = StepReport::Done;
         }
         if !image.is_snap_protected(IMAGE_SNAPSHOT)? {
+            lease.check("protect")?;
             image.protect_snap(IMAGE_SNAPSHOT)?;
             report = StepReport::Done;
         }
@@ -148,6 +150,7 @@ async fn import_failed(ctx: &JobContext, task: Option<&str>) -> JobError {
 /// Registers the location. A conflict means an earlier registration already moved the image
 /// on, or an import holds its lock: either way the caller's next look at the image says which.
 async fn register(ctx: &JobContext, location: &str) -> Result<(), JobError> {
+    ctx.lease.check("register the location of")?;
     match ctx.glance.add_location(ctx.image_id, location).await {
         Ok(api) => {
             info!(?api, %location, "location registered with Glance");

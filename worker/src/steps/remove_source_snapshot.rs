@@ -8,8 +8,13 @@ use crate::context::JobContext;
 use crate::error::JobError;
 
 pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
-    let (source_pool, names) = (ctx.source_pool.clone(), ctx.names.clone());
-    let removed = run_blocking(move || remove_source_snapshot(&source_pool, &names)).await?;
+    let (source_pool, names, lease) = (
+        ctx.source_pool.clone(),
+        ctx.names.clone(),
+        ctx.lease.clone(),
+    );
+    let removed =
+        run_blocking(move || remove_source_snapshot(&source_pool, &names, &lease)).await?;
     Ok(if removed {
         StepReport::Done
     } else {

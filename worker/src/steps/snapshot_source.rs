@@ -22,11 +22,12 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             });
         }
     }
-    let (source_pool, image_pool, names, image_id) = (
+    let (source_pool, image_pool, names, image_id, lease) = (
         ctx.source_pool.clone(),
         ctx.image_pool.clone(),
         ctx.names.clone(),
         ctx.image_id,
+        ctx.lease.clone(),
     );
     run_blocking(move || {
         // This job's clone, already independent, means an earlier attempt got past the
@@ -50,12 +51,14 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
         };
         let mut report = StepReport::AlreadyDone;
         if !disk.snap_exists(&names.source_snapshot)? {
+            lease.check("snapshot")?;
             disk.create_snap(&names.source_snapshot)?;
             report = StepReport::Done;
         }
         // Clone v2 does not need it, but a cluster still on clone v1 does, and it keeps the
         // snapshot from being removed under the clone.
         if !disk.is_snap_protected(&names.source_snapshot)? {
+            lease.check("protect")?;
             disk.protect_snap(&names.source_snapshot)?;
         }
         Ok(Ok(report))

@@ -293,7 +293,17 @@ async fn clean_up(
     images: &[uuid::Uuid],
     disks: &[String],
 ) {
+    // Deleting an image Glance is still hashing races with the hashing (Glance's store may
+    // then leave it half deleted): the hashes are waited for, a minute at most.
     join_all(images.iter().map(|id| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match glance.get_image(*id).await {
+                Ok(r) if r.is_active() && r.os_hash_value.is_none() => {}
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         if let Err(e) = glance.delete_image(*id).await {
             eprintln!("could not delete Glance image {id}: {e}");
         }

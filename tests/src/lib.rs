@@ -796,6 +796,9 @@ pub mod replies {
             "x-queue-type".into(),
             AMQPValue::LongString(LongString::from("quorum".as_bytes().to_vec())),
         );
+        // Polled every 50 ms while the inbox lives; one a failing test left behind goes away
+        // by itself five minutes on.
+        args.insert("x-expires".into(), AMQPValue::LongInt(300_000));
         channel
             .queue_declare(
                 queue.into(),

@@ -75,7 +75,9 @@ fn completed(entry: &HistoryEntry) -> bool {
 ///   published checkpoint and the redelivered, unacknowledged message): the lease object
 ///   recorded that step `k` was done, so the stale copy is dropped instead of running the
 ///   job a second time. Steps `0..=k` once each, `done`, by the doomed worker; steps after
-///   `k` once each, `done`, by the fresh worker.
+///   `k` once each, `done`, by the fresh worker. (If the stale copy is taken only after the
+///   job ended, the record is gone with the lease object: it then re-checks, all
+///   `already-done`, strictly after the job's last step — see [`check_resumed_at`].)
 ///
 /// In every case no step before the resume point runs again: the exact sequences fail on
 /// any extra entry. Entries that are not completions (a transient `failed` attempt) may only
@@ -174,7 +176,39 @@ fn check_resumed_at(
     doomed: u32,
     fresh: u32,
 ) -> Result<(), String> {
-    let chains = expected_chains(Crash::parse(point));
+    let crash = Crash::parse(point);
+    let mut chains = expected_chains(crash);
+    if let (Crash::Published(k), 2) = (crash, histories.len()) {
+        // The stale copy may be taken only after the job ended and its lease object (with
+        // the progress record) was removed: it then re-checks every step from `k`, finds
+        // each already done, and answers again. It must not have run at the same time.
+        let n = Step::ALL.len();
+        let stale: Chain = Step::ALL[..k]
+            .iter()
+            .map(|s| (*s, Who::Doomed, Did::Done))
+            .chain(
+                Step::ALL[k..n]
+                    .iter()
+                    .map(|s| (*s, Who::Fresh, Did::AlreadyDone)),
+            )
+            .collect();
+        let ended = |h: &[HistoryEntry]| h.iter().map(|e| e.at_ms).max().unwrap_or(0);
+        let began_after = |h: &[HistoryEntry], at: u64| {
+            h.iter()
+                .filter(|e| e.did == "already-done")
+                .all(|e| e.at_ms > at)
+        };
+        let sequential = (0..2).any(|i| {
+            matches_chain(&histories[i], &stale, doomed, fresh).is_ok()
+                && began_after(&histories[i], ended(&histories[1 - i]))
+        });
+        if !sequential {
+            return Err(
+                "two replies, and the second copy did not run after the job had ended".into(),
+            );
+        }
+        chains.push(stale);
+    }
     if histories.len() != chains.len() {
         return Err(format!(
             "{} replies to the job's call, expected {}",

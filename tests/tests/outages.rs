@@ -173,9 +173,14 @@ async fn failed_fallback_is_parked_and_replays_once_glance_is_back() {
     job.publish(&job.request).await;
     wait_for_depth(&job.topology.dead_letter_queue, 1).await;
 
-    // The full copy fails too (Glance is down): the job is parked.
+    // The full copy fails too (Glance is down): it waits the outage out with backoff, and
+    // once its attempt budget (2 here) is spent the job is parked.
     dev_script(&["dev/down", "glance"]);
-    let mut dead_letter = WorkerProcess::spawn_dead_letter(&job.topology, "dead-letter");
+    let mut dead_letter = WorkerProcess::spawn_with(
+        &job.topology,
+        "dead-letter",
+        &[("SNAPQ_ROLE", "dead-letter"), ("SNAPQ_MAX_ATTEMPTS", "2")],
+    );
     wait_for_depth(&job.topology.parked_queue, 1).await;
     dev_script(&["dev/up", "glance"]);
 

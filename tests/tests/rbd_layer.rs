@@ -214,7 +214,7 @@ async fn connecting_as_an_unknown_user_fails_with_an_error() {
 }
 
 #[tokio::test]
-async fn flatten_stops_when_its_progress_callback_says_so_and_metadata_round_trips() {
+async fn image_metadata_round_trips_on_a_clone() {
     let cluster = cluster_as("nova").await;
     let (vms, images) = pools(&cluster);
     let disk = unique_name("rbdlayer-cancel");
@@ -240,14 +240,6 @@ async fn flatten_stops_when_its_progress_callback_says_so_and_metadata_round_tri
             Some("{\"a\": 1}")
         );
 
-        let err = cloned
-            .flatten(&mut |_, _| false)
-            .expect_err("a flatten told to stop fails");
-        assert_eq!(err.kind, RbdErrorKind::Cancelled, "{err}");
-        assert!(
-            cloned.parent()?.is_some(),
-            "a stopped flatten leaves the clone dependent"
-        );
         cloned.flatten(&mut |_, _| true)?;
         assert_eq!(cloned.parent()?, None);
         drop(cloned);

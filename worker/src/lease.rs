@@ -9,7 +9,7 @@
 //!   another worker). Librados calls are bounded by `--ceph-op-timeout`, at most half the lease,
 //!   so no renewal hangs past that.
 //! - Losing the lease flips its [`LeaseToken`]: steps check the token before every mutating
-//!   Ceph call (and a running flatten is told to stop), so a step stops before its next change.
+//!   Ceph call, so a step stops before its next change.
 //! - The lock object records how far the job got (`snapq.progress`: job id and last step
 //!   done), written under the lock when a step ends. A stale copy of a job message (one whose
 //!   acknowledgement was lost after its checkpoint was published) finds it is behind and is

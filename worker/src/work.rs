@@ -166,10 +166,16 @@ async fn run_step(
                 Some(_) => {
                     let next = state.advanced(step);
                     let publishing = Instant::now();
-                    let (published, ()) = tokio::join!(
-                        job.publish_checkpoint(&next),
-                        lease.release(Release::After(step))
-                    );
+                    // The progress record goes on the lease object only once the checkpoint
+                    // is safely out: a record ahead of every message would drop the job.
+                    let published = job.publish_checkpoint(&next).await;
+                    lease
+                        .release(if published.is_ok() {
+                            Release::After(step)
+                        } else {
+                            Release::Continue
+                        })
+                        .await;
                     if let Err(e) = published {
                         // Not acknowledged: the broker redelivers the old message and the step,
                         // already done, is skipped.

@@ -161,9 +161,9 @@ impl Image {
     }
 
     /// Copies all data from the parent into this clone, making it independent.
-    /// `progress(done, total)` is called as librbd advances and answers whether to go on:
-    /// `false` stops the flatten, which then fails as `Cancelled` (the clone keeps its
-    /// parent). `Send`, because librbd calls it from its own threads.
+    /// `progress(done, total)` is called as librbd advances and answers whether to go on
+    /// (`false` is passed to librbd as -ECANCELED; librbd 16 was seen to finish the flatten
+    /// anyway). `Send`, because librbd calls it from its own threads.
     pub fn flatten(
         &mut self,
         progress: &mut (dyn FnMut(u64, u64) -> bool + Send),

@@ -253,3 +253,83 @@ async fn image_metadata_round_trips_on_a_clone() {
     .await
     .expect("metadata round trip on a clone");
 }
+
+/// librbd removes a snapshot by first moving it to its trash namespace; a removal cut short
+/// leaves it there with no clones, invisible by name, and the disk can no longer be deleted.
+/// The same state is made here on purpose: a client that may only read the parent's pool
+/// flattens the parent's last clone, which detaches it but cannot finish removing the trashed
+/// snapshot. snapq's snapshot removal finds it by its original name and removes it.
+#[tokio::test]
+async fn snapshot_left_in_the_trash_namespace_is_found_and_removed() {
+    let admin = cluster_as("nova").await;
+    let ro = cluster_as("nova-ro").await;
+    let (vms, images) = pools(&admin);
+    let (ro_vms, _) = pools(&ro);
+    // The parent lives where nova-ro may only read (Glance's pool), the clone where it may
+    // write (the instance pool).
+    let parent = unique_name("rbdlayer-trash-parent");
+    let child = unique_name("rbdlayer-trash-child");
+    let image_id = uuid::Uuid::new_v4();
+    let snap = format!("snapq-{image_id}");
+    let lease = snapq_worker::lease::JobLease::acquire(
+        &vms,
+        image_id,
+        "rbd-layer-test",
+        "rbd-layer-test",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("take a lease: {e:?}"));
+    let token = lease.token();
+    let (parent2, child2, snap2) = (parent.clone(), child.clone(), snap.clone());
+    run_blocking(move || {
+        images.create_image(&parent2, 8 * MIB)?;
+        let mut disk = images.open(&parent2)?;
+        disk.write_at(0, &pattern(7, MIB as usize))?;
+        disk.flush()?;
+        disk.create_snap(&snap2)?;
+        let features = disk.features()?;
+        vms.clone_from(&images, &parent2, &snap2, &child2, features)?;
+        disk.remove_snap(&snap2)?;
+        assert!(!disk.snap_exists(&snap2)?, "gone by name");
+        assert_eq!(
+            disk.trashed_snaps_named(&snap2)?.len(),
+            1,
+            "a snapshot with a clone moves to the trash namespace"
+        );
+
+        ro_vms.open(&child2)?.flatten(&mut |_, _| true)?;
+        let trashed = disk.trashed_snaps_named(&snap2)?;
+        assert_eq!(
+            trashed.len(),
+            1,
+            "the read-only client detached the clone but could not remove the snapshot"
+        );
+        assert!(
+            images.remove_image(&parent2).is_err(),
+            "a disk with a trashed snapshot cannot be removed"
+        );
+        drop(disk);
+
+        assert!(
+            snapq_worker::artefacts::remove_disk_snapshot(&images, &parent2, &snap2, &token)?,
+            "the trashed snapshot counts as removed"
+        );
+        let disk = images.open(&parent2)?;
+        assert!(disk.trashed_snaps_named(&snap2)?.is_empty());
+        assert!(
+            disk.snapshots()?.is_empty(),
+            "no snapshot of any kind is left"
+        );
+        drop(disk);
+        assert!(
+            !snapq_worker::artefacts::remove_disk_snapshot(&images, &parent2, &snap2, &token)?,
+            "nothing left to remove the second time"
+        );
+        images.remove_image(&parent2)?;
+        vms.remove_image(&child2)
+    })
+    .await
+    .expect("rbd operations succeed");
+    lease.release(snapq_worker::lease::Release::End).await;
+}

@@ -14,24 +14,60 @@ pub fn remove_source_snapshot(
     names: &ArtifactNames,
     lease: &LeaseToken,
 ) -> Result<bool, RbdError> {
-    let mut disk = match source_pool.open(&names.source.image) {
-        Ok(disk) => disk,
+    remove_disk_snapshot(
+        source_pool,
+        &names.source.image,
+        &names.source_snapshot,
+        lease,
+    )
+}
+
+/// Unprotects and removes the snapshot `snap` of the disk `disk` (a name only snapq gives, for
+/// one job), including a copy of it librbd left in its trash namespace; true if there was
+/// anything to remove. Blocking.
+///
+/// librbd removes a snapshot in two steps: it first moves it to the trash namespace, then
+/// removes it. A worker killed between the two leaves the snapshot there, invisible to a
+/// look-up by name; the disk then cannot be deleted (Nova's instance delete fails), so the
+/// trashed copy is looked for and removed by id every time.
+pub fn remove_disk_snapshot(
+    pool: &Pool,
+    disk: &str,
+    snap: &str,
+    lease: &LeaseToken,
+) -> Result<bool, RbdError> {
+    let mut image = match pool.open(disk) {
+        Ok(image) => image,
         Err(e) if e.is_not_found() => return Ok(false),
         Err(e) => return Err(e),
     };
-    if !disk.snap_exists(&names.source_snapshot)? {
-        return Ok(false);
+    let mut removed = false;
+    if image.snap_exists(snap)? {
+        if image.is_snap_protected(snap)? {
+            lease.check("unprotect")?;
+            image.unprotect_snap(snap)?;
+        }
+        lease.check("remove snapshot")?;
+        match image.remove_snap(snap) {
+            Ok(()) => removed = true,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
     }
-    if disk.is_snap_protected(&names.source_snapshot)? {
-        lease.check("unprotect")?;
-        disk.unprotect_snap(&names.source_snapshot)?;
+    // Also right after a removal that succeeded: librbd leaves the snapshot in the trash
+    // namespace while a clone still uses it (which snapq's own steps never do).
+    for id in image.trashed_snaps_named(snap)? {
+        lease.check("remove snapshot")?;
+        match image.remove_snap_by_id(id, snap) {
+            Ok(()) => {
+                tracing::info!(snapshot = %snap, id, "removed the snapshot from librbd's trash namespace");
+                removed = true;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
     }
-    lease.check("remove snapshot")?;
-    match disk.remove_snap(&names.source_snapshot) {
-        Ok(()) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(removed)
 }
 
 /// Removes `images/<image_id>` and its `snap`, if there; true if it was. Blocking. Only for this job's own

@@ -21,6 +21,9 @@ type RbdImageT = *mut c_void;
 type ProgressFn = extern "C" fn(offset: u64, total: u64, ptr: *mut c_void) -> c_int;
 type DiffFn = extern "C" fn(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
 
+/// `RBD_SNAP_NAMESPACE_TYPE_TRASH` of the C enum `rbd_snap_namespace_type_t`.
+const RBD_SNAP_NAMESPACE_TYPE_TRASH: c_int = 2;
+
 // The structs below mirror librbd.h field for field, under the C names; the `layout` test
 // compiles the header and checks every size and offset.
 
@@ -107,6 +110,18 @@ extern "C" {
     fn rbd_snap_exists(image: RbdImageT, snapname: *const c_char, exists: *mut bool) -> c_int;
     fn rbd_snap_create(image: RbdImageT, snapname: *const c_char) -> c_int;
     fn rbd_snap_remove(image: RbdImageT, snapname: *const c_char) -> c_int;
+    fn rbd_snap_remove_by_id(image: RbdImageT, snap_id: u64) -> c_int;
+    fn rbd_snap_get_namespace_type(
+        image: RbdImageT,
+        snap_id: u64,
+        namespace_type: *mut c_int,
+    ) -> c_int;
+    fn rbd_snap_get_trash_namespace(
+        image: RbdImageT,
+        snap_id: u64,
+        original_name: *mut c_char,
+        max_length: usize,
+    ) -> c_int;
     fn rbd_snap_protect(image: RbdImageT, snap_name: *const c_char) -> c_int;
     fn rbd_snap_unprotect(image: RbdImageT, snap_name: *const c_char) -> c_int;
     fn rbd_snap_is_protected(
@@ -849,6 +864,37 @@ impl RawImage {
         check(unsafe { rbd_snap_remove(self.handle, name.as_ptr()) })
     }
 
+    /// Removes a snapshot by id: the way to finish the removal of one in the trash namespace.
+    pub fn snap_remove_by_id(&mut self, snap_id: u64) -> Result<(), Errno> {
+        // SAFETY: open handle; librbd checks the id.
+        check(unsafe { rbd_snap_remove_by_id(self.handle, snap_id) })
+    }
+
+    /// The name a snapshot had before librbd moved it to the trash namespace, or None if it is
+    /// not in that namespace. librbd moves every snapshot it removes there first, and leaves
+    /// it there while clones still use it or when the removal is interrupted.
+    pub fn snap_trashed_name(&self, snap_id: u64) -> Result<Option<String>, Errno> {
+        let mut namespace: c_int = 0;
+        // SAFETY: open handle, valid out-pointer.
+        check(unsafe { rbd_snap_get_namespace_type(self.handle, snap_id, &mut namespace) })?;
+        if namespace != RBD_SNAP_NAMESPACE_TYPE_TRASH {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: open handle; `buf` holds `buf.len()` bytes and librbd writes a NUL-terminated
+        // name of at most that many.
+        check(unsafe {
+            rbd_snap_get_trash_namespace(
+                self.handle,
+                snap_id,
+                buf.as_mut_ptr().cast::<c_char>(),
+                buf.len(),
+            )
+        })?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()))
+    }
+
     pub fn snap_protect(&mut self, name: &str) -> Result<(), Errno> {
         let name = c_string(name)?;
         // SAFETY: open handle, NUL-terminated name.
@@ -1129,6 +1175,18 @@ mod layout {
         ]
     }
 
+    /// Every C constant this module restates, with the value Rust uses.
+    fn rust_constants() -> Vec<(&'static str, i64)> {
+        vec![(
+            "RBD_SNAP_NAMESPACE_TYPE_TRASH",
+            i64::from(RBD_SNAP_NAMESPACE_TYPE_TRASH),
+        )]
+    }
+
+    fn constant_line(name: &str, value: i64) -> String {
+        format!("{name}={value}")
+    }
+
     /// One line per fact, the same whether Rust or C states it.
     fn struct_line(c_type: &str, size: usize, align: usize) -> String {
         format!("{c_type} size={size} align={align}")
@@ -1146,6 +1204,9 @@ mod layout {
             for &(field, offset, size) in &l.fields {
                 lines.push(field_line(l.c_type, field, offset, size));
             }
+        }
+        for (name, value) in rust_constants() {
+            lines.push(constant_line(name, value));
         }
         lines
     }
@@ -1170,6 +1231,9 @@ mod layout {
                 );
             }
         }
+        for (name, _) in rust_constants() {
+            let _ = writeln!(c, "  printf(\"{name}=%lld\\n\", (long long){name});");
+        }
         c.push_str("  return 0;\n}\n");
         c
     }
@@ -1181,10 +1245,10 @@ mod layout {
             .iter()
             .filter(|line| !actual.contains(&line.as_str()))
             .map(|line| {
-                let key = line.split(' ').next().unwrap_or(line);
+                let key = line.split([' ', '=']).next().unwrap_or(line);
                 let c_says = actual
                     .iter()
-                    .find(|a| a.split(' ').next() == Some(key))
+                    .find(|a| a.split([' ', '=']).next() == Some(key))
                     .copied()
                     .unwrap_or("nothing");
                 format!("Rust: {line}\n   C: {c_says}")

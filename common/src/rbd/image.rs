@@ -126,6 +126,36 @@ impl Image {
             .map_err(|e| RbdError::new("remove snapshot", target, e))
     }
 
+    /// Ids of the snapshots librbd moved to its trash namespace that were named `snap`: what
+    /// a removal interrupted (a crash between librbd's two steps) or held up by clones leaves.
+    /// `rbd snap ls` does not show them, and the image cannot be removed while they exist.
+    pub fn trashed_snaps_named(&self, snap: &str) -> Result<Vec<u64>, RbdError> {
+        let snaps = self
+            .raw
+            .snap_list()
+            .map_err(|e| RbdError::new("list snapshots of", self.spec.clone(), e))?;
+        let mut ids = Vec::new();
+        for s in snaps {
+            let name = self
+                .raw
+                .snap_trashed_name(s.id)
+                .map_err(|e| RbdError::new("look up", format!("{}@{}", self.spec, s.name), e))?;
+            if name.as_deref() == Some(snap) {
+                ids.push(s.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Removes the snapshot with id `snap_id` (in whatever namespace it is); `snap` names it in
+    /// errors.
+    pub fn remove_snap_by_id(&mut self, snap_id: u64, snap: &str) -> Result<(), RbdError> {
+        let target = format!("{} (id {snap_id}, trashed)", self.snap_target(snap));
+        self.raw
+            .snap_remove_by_id(snap_id)
+            .map_err(|e| RbdError::new("remove snapshot", target, e))
+    }
+
     pub fn protect_snap(&mut self, snap: &str) -> Result<(), RbdError> {
         let target = self.snap_target(snap);
         self.raw

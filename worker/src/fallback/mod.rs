@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use snapq_common::rbd::run_blocking;
 use tracing::info;
 
+use crate::artefacts::remove_disk_snapshot;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::gate::{self, CopyAdmission};
@@ -119,22 +120,6 @@ pub async fn remove_fallback_snapshot(ctx: &JobContext) -> Result<(), JobError> 
         ctx.names.source.image.clone(),
         ctx.lease.clone(),
     );
-    run_blocking(move || {
-        let mut image = match pool.open(&disk) {
-            Ok(image) => image,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if image.snap_exists(&snapshot)? {
-            lease.check("remove snapshot")?;
-            match image.remove_snap(&snapshot) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
-    .await?;
+    run_blocking(move || remove_disk_snapshot(&pool, &disk, &snapshot, &lease)).await?;
     Ok(())
 }

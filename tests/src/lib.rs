@@ -246,6 +246,7 @@ pub mod worker_harness {
                 glance: glance_client(glance_url),
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
+                lost_import: snapq_worker::settings::LostImport::DEFAULT,
                 flatten_hold: Duration::from_secs(60),
                 flatten_in_process_below: 1 << 30,
                 glance_store_fsid: None,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::JobError;
 use crate::lease::LeaseToken;
 use crate::names::ArtifactNames;
-use crate::settings::WorkerSettings;
+use crate::settings::{LostImport, WorkerSettings};
 
 /// Per-job state shared by the steps. Cheap handles only: pools and the Glance client are
 /// reference-counted.
@@ -30,6 +30,8 @@ pub struct JobContext {
     pub glance: GlanceClient,
     /// How long Glance may take to turn a registered location into an `active` image.
     pub active_timeout: Duration,
+    /// What to do when Glance lost the job's location import.
+    pub lost_import: LostImport,
     /// How long one delivery may wait for a flatten before checkpointing its progress.
     pub flatten_hold: Duration,
     /// Clones whose source holds less than this many bytes are flattened in the worker.
@@ -59,6 +61,7 @@ impl JobContext {
             image_pool: settings.image_pool.clone(),
             glance: settings.glance.clone(),
             active_timeout: settings.active_timeout,
+            lost_import: settings.lost_import,
             flatten_hold: settings.flatten_hold,
             flatten_in_process_below: settings.flatten_in_process_below,
             project: request.context.project().map(str::to_string),

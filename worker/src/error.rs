@@ -101,6 +101,8 @@ pub enum JobError {
     ImportInProgress { task: String },
     #[error("Glance's import of the location failed (task {task}): {message}")]
     ImportFailed { task: String, message: String },
+    #[error("Glance lost its import of the location (a restart?), and its lock holds the image: {evidence}")]
+    ImportLost { evidence: String },
     #[error("the job's lease was lost to another worker")]
     LeaseLost,
     #[error("refused: {0}")]
@@ -123,6 +125,7 @@ pub enum JobError {
 /// | Glance 400/403 on the location call | publish | fallback |
 /// | Glance's import still running | publish | checkpoint and wait, no attempt spent |
 /// | Glance's import task failed | publish | retry (the next attempt registers anew) |
+/// | Glance lost its import task (its lock stays) | publish | fallback (`--lost-import copy`), or wait for Glance's lock expiry (`wait`) |
 /// | other Glance errors (401, 404 of the image, ...) | anywhere | park |
 /// | disk in another cluster than Glance's store | snapshot | fallback |
 /// | a refusal (policy, image not waiting, foreign artefact) | anywhere | refuse |
@@ -141,7 +144,9 @@ impl JobError {
                 Disposition::Fallback
             }
             JobError::Glance(e) if e.refuses_location() => Disposition::Fallback,
-            JobError::DifferentCluster { .. } => Disposition::Fallback,
+            JobError::DifferentCluster { .. } | JobError::ImportLost { .. } => {
+                Disposition::Fallback
+            }
             JobError::Glance(e) if e.is_transient() => Disposition::Retry,
             JobError::Amqp(_)
             | JobError::FlattenInProgress { .. }

@@ -25,6 +25,7 @@ pub mod failpoint;
 pub mod failure;
 pub mod fallback;
 pub mod gate;
+pub mod import_watch;
 pub mod lease;
 pub mod names;
 pub mod policy;

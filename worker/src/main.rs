@@ -9,6 +9,7 @@ use clap::Parser;
 use snapq_common::amqp::Topology;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
 use snapq_common::glance::GlanceClient;
+use snapq_worker::settings::{LostImport, LostImportAction};
 use snapq_worker::{run_worker, Role, SourcePolicy, WorkerSettings};
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,15 @@ struct Args {
     /// import is checkpointed and waited for again (it is never registered twice).
     #[arg(long, env = "SNAPQ_ACTIVE_TIMEOUT", default_value_t = 120)]
     active_timeout: u64,
+    /// What to do when Glance lost the job's location import (a Glance restart loses the
+    /// imports it had queued, and their lock holds the image for 60-120 minutes): `copy`
+    /// makes the image by a full copy, `wait` waits for Glance to let the lock expire.
+    #[arg(long, env = "SNAPQ_LOST_IMPORT", default_value = "copy", value_parser = parse_lost_import)]
+    lost_import: LostImportAction,
+    /// Seconds a Glance task queued after the job's must have run ahead of it before the
+    /// job's import counts as lost.
+    #[arg(long, env = "SNAPQ_LOST_IMPORT_AFTER", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    lost_import_after: u64,
     /// Seconds one delivery waits for a flatten before checkpointing its progress (keep well
     /// under RabbitMQ's consumer_timeout, 30 min by default).
     #[arg(long, env = "SNAPQ_FLATTEN_HOLD", default_value_t = 300)]
@@ -125,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
         glance,
         concurrency: args.concurrency,
         active_timeout: Duration::from_secs(args.active_timeout),
+        lost_import: LostImport {
+            action: args.lost_import,
+            after: Duration::from_secs(args.lost_import_after),
+        },
         flatten_hold: Duration::from_secs(args.flatten_hold),
         flatten_in_process_below: args.flatten_in_process_below_gib.saturating_mul(1 << 30),
         glance_store_fsid: args.glance_store_fsid.clone(),
@@ -149,6 +163,14 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutdown requested");
+}
+
+fn parse_lost_import(s: &str) -> Result<LostImportAction, String> {
+    match s {
+        "copy" => Ok(LostImportAction::Copy),
+        "wait" => Ok(LostImportAction::Wait),
+        other => Err(format!("expected copy or wait, got '{other}'")),
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -84,6 +84,7 @@ fn context(target: &PurgeTarget, request: &SnapshotRequest) -> Result<JobContext
         image_pool: target.image_pool.clone(),
         glance: target.glance.clone(),
         active_timeout: Duration::from_secs(60),
+        lost_import: crate::settings::LostImport::DEFAULT,
         flatten_hold: Duration::from_secs(60),
         flatten_in_process_below: 0,
         project: None,

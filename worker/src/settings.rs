@@ -19,6 +19,32 @@ pub enum Role {
     DeadLetter,
 }
 
+/// What to do about a location import Glance lost (see `import_watch`): its import lock stays
+/// on the image for 60 to 120 minutes and nothing but the lock's expiry can lift it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostImportAction {
+    /// Clean up and make the image by a full copy (which Glance accepts under the lock).
+    Copy,
+    /// Keep waiting; register again once Glance lets the lock expire.
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LostImport {
+    pub action: LostImportAction,
+    /// How long a task queued after the job's must have run ahead of it before the job's
+    /// task counts as lost.
+    pub after: Duration,
+}
+
+impl LostImport {
+    /// The defaults of `--lost-import copy` and `--lost-import-after 120`.
+    pub const DEFAULT: LostImport = LostImport {
+        action: LostImportAction::Copy,
+        after: Duration::from_secs(120),
+    };
+}
+
 /// What a worker needs, already connected where connecting is slow.
 #[derive(Clone)]
 pub struct WorkerSettings {
@@ -31,6 +57,8 @@ pub struct WorkerSettings {
     /// Jobs run at once by this worker (also the prefetch count).
     pub concurrency: u16,
     pub active_timeout: Duration,
+    /// What to do when Glance lost the job's location import.
+    pub lost_import: LostImport,
     /// How long one delivery waits for a flatten before checkpointing its progress.
     pub flatten_hold: Duration,
     /// Clones whose source holds less than this many bytes are flattened in the worker;

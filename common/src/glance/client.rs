@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::config::GlanceConfig;
 use super::error::{glance_message, GlanceError};
-use super::image::{ImageRecord, NewImage, TaskRecord};
+use super::image::{ImageRecord, NewImage, TaskLookup, TaskRecord};
 use super::location::{DetectedApi, LocationApi};
 
 /// A Glance Image API v2 client. Cheap to clone: clones share the HTTP client and the
@@ -103,19 +103,37 @@ impl GlanceClient {
     }
 
     /// `GET /v2/tasks/{id}`: a Glance task, e.g. the location import an image's
-    /// `os_glance_import_task` names. None when Glance does not have it, or does not show it to
-    /// this user (tasks are an admin API by default).
-    pub async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, GlanceError> {
+    /// `os_glance_import_task` names.
+    pub async fn task(&self, id: &str) -> Result<TaskLookup, GlanceError> {
         let path = format!("/v2/tasks/{id}");
+        let reply = self.send(Method::GET, &path, |r| r).await?;
+        match reply.status {
+            StatusCode::NOT_FOUND => Ok(TaskLookup::Missing),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Ok(TaskLookup::Hidden),
+            _ => {
+                let reply = self.expect_success(&Method::GET, &path, reply)?;
+                decode(&path, &reply.body).map(TaskLookup::Found)
+            }
+        }
+    }
+
+    /// `GET /v2/tasks`: the newest `limit` tasks, newest first (by creation). None when this
+    /// user may not list tasks.
+    pub async fn newest_tasks(&self, limit: u32) -> Result<Option<Vec<TaskRecord>>, GlanceError> {
+        #[derive(serde::Deserialize)]
+        struct Tasks {
+            tasks: Vec<TaskRecord>,
+        }
+        let path = format!("/v2/tasks?sort_key=created_at&sort_dir=desc&limit={limit}");
         let reply = self.send(Method::GET, &path, |r| r).await?;
         if matches!(
             reply.status,
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
         ) {
             return Ok(None);
         }
         let reply = self.expect_success(&Method::GET, &path, reply)?;
-        decode(&path, &reply.body).map(Some)
+        decode::<Tasks>(&path, &reply.body).map(|t| Some(t.tasks))
     }
 
     /// `PUT /v2/images/{id}/file`: streams `body` as the image data (the full-copy path). With

@@ -68,12 +68,51 @@ pub struct TaskRecord {
     pub status: String,
     #[serde(default)]
     pub message: Option<String>,
+    /// When Glance queued the task, as Glance writes it (`2026-12-01T11:27:30Z`).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When the task last changed.
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 impl TaskRecord {
     pub fn failed(&self) -> bool {
         self.status == "failure"
     }
+
+    /// Whether the task has ended, one way or the other.
+    pub fn ended(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "failure")
+    }
+
+    /// Whether Glance has started running the task (it is past `pending`).
+    pub fn started(&self) -> bool {
+        self.status != "pending"
+    }
+
+    pub fn created(&self) -> Option<std::time::SystemTime> {
+        self.created_at.as_deref().and_then(glance_time)
+    }
+
+    pub fn updated(&self) -> Option<std::time::SystemTime> {
+        self.updated_at.as_deref().and_then(glance_time)
+    }
+}
+
+/// What Glance says about a task id.
+#[derive(Debug, Clone)]
+pub enum TaskLookup {
+    Found(TaskRecord),
+    /// Glance has no such task (`404`).
+    Missing,
+    /// This user may not read tasks (`401`/`403`: the tasks API is admin-only by default).
+    Hidden,
+}
+
+/// A Glance timestamp (RFC 3339, the zone sometimes left out: Glance's times are UTC).
+fn glance_time(text: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()
 }
 
 /// One entry of an image's `locations`.
@@ -161,5 +200,32 @@ mod tests {
         assert_eq!(progress("importing"), Progress::Pending);
         assert_eq!(progress("killed"), Progress::Failed);
         assert_eq!(progress("deactivated"), Progress::Failed);
+    }
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn task(created: &str, updated: &str) -> TaskRecord {
+        TaskRecord {
+            id: "t".into(),
+            status: "pending".into(),
+            message: None,
+            created_at: Some(created.into()),
+            updated_at: Some(updated.into()),
+        }
+    }
+
+    #[test]
+    fn glance_timestamps_parse_with_and_without_a_zone_and_fractions() {
+        let t = task("2026-12-01T11:27:30Z", "2026-12-01T11:28:00.250000");
+        let (created, updated) = (t.created().expect("created"), t.updated().expect("updated"));
+        assert_eq!(
+            updated.duration_since(created).expect("later"),
+            Duration::from_millis(30_250)
+        );
+        assert!(task("yesterday", "x").created().is_none());
     }
 }

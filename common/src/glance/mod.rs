@@ -24,5 +24,5 @@ mod wait;
 pub use client::GlanceClient;
 pub use config::GlanceConfig;
 pub use error::GlanceError;
-pub use image::{ImageLocation, ImageRecord, NewImage, TaskRecord};
+pub use image::{ImageLocation, ImageRecord, NewImage, TaskLookup, TaskRecord};
 pub use location::LocationApi;

@@ -20,7 +20,10 @@ use tracing::{info, warn};
 use super::StepReport;
 use crate::context::JobContext;
 use crate::error::{JobError, Refusal};
+use crate::import_watch::{self, Verdict};
 use crate::names::IMAGE_SNAPSHOT;
+use crate::settings::{LostImport, LostImportAction};
+use snapq_common::glance::TaskLookup;
 
 /// Polls of Glance start this often and slow down to [`MAX_POLL`]: an import under a busy
 /// Glance takes seconds to minutes, and polling faster only adds to its load.
@@ -54,6 +57,7 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     // The import task seen holding the lock, to ask Glance how it ended if the lock goes.
     let mut import_task: Option<String> = None;
     let mut registered = false;
+    let mut watch = LockWatch::new(ctx.lost_import);
     loop {
         let record = ctx.glance_image().await?;
         match record.status.as_str() {
@@ -74,11 +78,16 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
                 };
             }
             "queued" | "importing" => match record.os_glance_import_task {
-                Some(task) if import_task.as_deref() != Some(task.as_str()) => {
-                    info!(task = %task, "Glance is importing the location");
-                    import_task = Some(task);
+                Some(task) => {
+                    if import_task.as_deref() != Some(task.as_str()) {
+                        info!(task = %task, "Glance is importing the location");
+                        import_task = Some(task.clone());
+                    }
+                    if watch.due() && watch.look(ctx, &task, &location).await? {
+                        registered = true;
+                        report = StepReport::Done;
+                    }
                 }
-                Some(_) => {}
                 // Unlocked and still queued after this delivery registered the location:
                 // Glance's import ended without making the image active.
                 None if record.status == "queued" && registered => {
@@ -112,6 +121,81 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     }
 }
 
+/// How often, while an import holds the image's lock, Glance is asked whether its task lives.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Watches the task holding the image's import lock, and acts when Glance lost it.
+struct LockWatch {
+    policy: LostImport,
+    last_look: Option<Instant>,
+    /// Whether this delivery already tried to register past a lock it could not judge (or,
+    /// with `--lost-import wait`, a lost one): Glance answers 409 until the lock expires,
+    /// then takes the registration; once per delivery is enough.
+    tried_past_lock: bool,
+}
+
+impl LockWatch {
+    fn new(policy: LostImport) -> LockWatch {
+        LockWatch {
+            policy,
+            last_look: None,
+            tried_past_lock: false,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last_look
+            .is_none_or(|at| at.elapsed() >= LIVENESS_INTERVAL)
+    }
+
+    /// Asks Glance about `task` and acts on the answer; true if a registration was sent.
+    async fn look(
+        &mut self,
+        ctx: &JobContext,
+        task: &str,
+        location: &str,
+    ) -> Result<bool, JobError> {
+        self.last_look = Some(Instant::now());
+        let verdict = import_watch::verdict(ctx, task, self.policy.after).await?;
+        let register_past_lock = match verdict {
+            Verdict::Alive => false,
+            Verdict::Missing => {
+                warn!(task, "Glance has no record of the task holding the import lock; registering again (Glance takes over a lock whose task is gone)");
+                true
+            }
+            Verdict::Lost(evidence) => match self.policy.action {
+                LostImportAction::Copy => {
+                    // The image may have turned active between the two looks.
+                    if still_locked_by(ctx, task).await? {
+                        warn!(task, %evidence, "Glance lost the import; making the image by a full copy");
+                        return Err(JobError::ImportLost { evidence });
+                    }
+                    false
+                }
+                LostImportAction::Wait => {
+                    if !self.tried_past_lock {
+                        warn!(task, %evidence, "Glance lost the import; waiting for Glance to let its lock expire");
+                    }
+                    !self.tried_past_lock
+                }
+            },
+            Verdict::Unknown => !self.tried_past_lock,
+        };
+        if !register_past_lock {
+            return Ok(false);
+        }
+        self.tried_past_lock = true;
+        register(ctx, location).await?;
+        Ok(true)
+    }
+}
+
+/// Whether the image is still waiting under the lock of `task`.
+async fn still_locked_by(ctx: &JobContext, task: &str) -> Result<bool, JobError> {
+    let record = ctx.glance_image().await?;
+    Ok(!record.is_active() && record.os_glance_import_task.as_deref() == Some(task))
+}
+
 fn poll_intervals() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
@@ -132,12 +216,16 @@ async fn import_failed(ctx: &JobContext, task: Option<&str>) -> JobError {
                     .to_string(),
         };
     };
-    let message = match ctx.glance.get_task(task).await {
-        Ok(Some(record)) if record.failed() => {
+    let message = match ctx.glance.task(task).await {
+        Ok(TaskLookup::Found(record)) if record.failed() => {
             record.message.unwrap_or_else(|| "no message".to_string())
         }
-        Ok(Some(record)) => format!("task ended '{}' with the image still queued", record.status),
-        Ok(None) => "its task record is not visible".to_string(),
+        Ok(TaskLookup::Found(record)) => {
+            format!("task ended '{}' with the image still queued", record.status)
+        }
+        Ok(TaskLookup::Missing | TaskLookup::Hidden) => {
+            "its task record is not visible".to_string()
+        }
         Err(e) => format!("its task record could not be read: {e}"),
     };
     warn!(task, %message, "Glance's import of the location failed; the next attempt registers it again");

@@ -333,3 +333,88 @@ async fn snapshot_left_in_the_trash_namespace_is_found_and_removed() {
     .expect("rbd operations succeed");
     lease.release(snapq_worker::lease::Release::End).await;
 }
+
+/// librbd makes a snapshot in steps; a worker killed between them leaves one that is listed
+/// but cannot be opened (no object map was written for it), and Glance then refuses its
+/// location as "Invalid location" for ever. The state is made here by removing the
+/// snapshot's object map; snapq's snapshot step makes such a snapshot again.
+#[tokio::test]
+async fn half_made_snapshot_is_made_again() {
+    let cluster = cluster_as("nova").await;
+    let (_, images) = pools(&cluster);
+    let name = unique_name("rbdlayer-halfsnap");
+    let image_id = uuid::Uuid::new_v4();
+    let lease = snapq_worker::lease::JobLease::acquire(
+        &images,
+        image_id,
+        "rbd-layer-test",
+        "rbd-layer-test",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("take a lease: {e:?}"));
+    let token = lease.token();
+    let (name2, images2) = (name.clone(), images.clone());
+    let snap_id = run_blocking(move || {
+        images2.create_image(&name2, 8 * MIB)?;
+        let mut image = images2.open(&name2)?;
+        image.write_at(0, &pattern(9, MIB as usize))?;
+        image.flush()?;
+        image.create_snap("snap")?;
+        image.protect_snap("snap")?;
+        let snaps = image.snapshots()?;
+        Ok(snaps.iter().find(|s| s.name == "snap").map(|s| s.id))
+    })
+    .await
+    .expect("make the image")
+    .expect("the snapshot is listed");
+
+    let info = std::process::Command::new("rbd")
+        .args(["-c", &Services::from_env().ceph_conf, "--id", "nova"])
+        .args(["info", "--format", "json", &format!("images/{name}")])
+        .output()
+        .expect("run rbd info");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("rbd info json");
+    let id = info["id"].as_str().expect("image id").to_string();
+    let object_map = format!("rbd_object_map.{id}.{snap_id:016x}");
+    images
+        .remove_object(&object_map)
+        .unwrap_or_else(|e| panic!("remove {object_map}: {e}"));
+
+    let (name2, images2) = (name.clone(), images.clone());
+    run_blocking(move || {
+        let err = images2
+            .open_read_only(&name2, Some("snap"))
+            .expect_err("the half-made snapshot cannot be opened");
+        assert!(err.is_not_found(), "{err}");
+        let mut image = images2.open(&name2)?;
+        assert!(image.snap_exists("snap")?, "but it is listed");
+
+        let done =
+            snapq_worker::artefacts::ensure_snapshot(&images2, &name2, &mut image, "snap", &token)?;
+        assert!(done.made && done.protected, "{done:?}");
+        let reopened = images2.open_read_only(&name2, Some("snap"))?;
+        let mut buf = vec![0u8; MIB as usize];
+        reopened.read_at(0, &mut buf)?;
+        assert_eq!(
+            buf,
+            pattern(9, MIB as usize),
+            "the new snapshot holds the data"
+        );
+        drop(reopened);
+
+        let again =
+            snapq_worker::artefacts::ensure_snapshot(&images2, &name2, &mut image, "snap", &token)?;
+        assert!(
+            !again.made && !again.protected,
+            "a sound snapshot is left alone"
+        );
+        image.unprotect_snap("snap")?;
+        image.remove_snap("snap")?;
+        drop(image);
+        images2.remove_image(&name2)
+    })
+    .await
+    .expect("rbd operations succeed");
+    lease.release(snapq_worker::lease::Release::End).await;
+}

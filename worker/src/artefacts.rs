@@ -1,11 +1,70 @@
-//! Removing snapq's own RBD artefacts: the snapshot of an instance disk and the clone in
-//! Glance's pool. "Already gone" counts as done, so these run any number of times, from any
-//! worker. Callers decide whether an artefact is snapq's to remove (see `provenance`).
+//! Making and removing snapq's own RBD artefacts: the snapshot of an instance disk, the clone
+//! in Glance's pool and its `snap`. "Already there" and "already gone" count as done, so these
+//! run any number of times, from any worker. Callers decide whether an artefact is snapq's to
+//! make or remove (see `provenance`).
 
-use snapq_common::rbd::{Pool, RbdError};
+use snapq_common::rbd::{Image, Pool, RbdError};
 
 use crate::lease::LeaseToken;
 use crate::names::{ArtifactNames, IMAGE_SNAPSHOT};
+
+/// Makes sure the snapshot `snap` of `image` (opened as `name` from `pool`) exists, is
+/// protected, and can be opened; says what had to be done. Blocking.
+///
+/// librbd makes a snapshot in steps: a worker killed between them leaves a snapshot that is
+/// listed but cannot be opened (its object map was never written), so no one can read or clone
+/// it — Glance refuses its location as "Invalid location" every time. Such a half-made
+/// snapshot is removed and made again.
+pub fn ensure_snapshot(
+    pool: &Pool,
+    name: &str,
+    image: &mut Image,
+    snap: &str,
+    lease: &LeaseToken,
+) -> Result<Ensured, RbdError> {
+    let mut done = Ensured::default();
+    if image.snap_exists(snap)? && !opens_at(pool, name, snap)? {
+        tracing::warn!(
+            snapshot = %format!("{}/{name}@{snap}", pool.name()),
+            "the snapshot cannot be opened (a crash while librbd made it); making it again"
+        );
+        if image.is_snap_protected(snap)? {
+            lease.check("unprotect")?;
+            image.unprotect_snap(snap)?;
+        }
+        lease.check("remove snapshot")?;
+        image.remove_snap(snap)?;
+    }
+    if !image.snap_exists(snap)? {
+        lease.check("snapshot")?;
+        image.create_snap(snap)?;
+        done.made = true;
+    }
+    if !image.is_snap_protected(snap)? {
+        lease.check("protect")?;
+        image.protect_snap(snap)?;
+        done.protected = true;
+    }
+    Ok(done)
+}
+
+/// What [`ensure_snapshot`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ensured {
+    /// The snapshot was made (anew).
+    pub made: bool,
+    /// The snapshot was protected.
+    pub protected: bool,
+}
+
+/// Whether `name@snap` can be opened.
+fn opens_at(pool: &Pool, name: &str, snap: &str) -> Result<bool, RbdError> {
+    match pool.open_read_only(name, Some(snap)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
 
 /// Unprotects and removes `vms/<disk>@snapq-<image_id>` if it is there; true if it was.
 /// Blocking.

@@ -18,6 +18,7 @@ use snapq_common::rbd::run_blocking;
 use tracing::{info, warn};
 
 use super::StepReport;
+use crate::artefacts::ensure_snapshot;
 use crate::context::JobContext;
 use crate::error::{JobError, Refusal};
 use crate::import_watch::{self, Verdict};
@@ -36,18 +37,18 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
     let (image_pool, names, lease) = (ctx.image_pool.clone(), ctx.names.clone(), ctx.lease.clone());
     let mut report = run_blocking(move || {
         let mut image = image_pool.open(&names.image)?;
-        let mut report = StepReport::AlreadyDone;
-        if !image.snap_exists(IMAGE_SNAPSHOT)? {
-            lease.check("snapshot")?;
-            image.create_snap(IMAGE_SNAPSHOT)?;
-            report = StepReport::Done;
-        }
-        if !image.is_snap_protected(IMAGE_SNAPSHOT)? {
-            lease.check("protect")?;
-            image.protect_snap(IMAGE_SNAPSHOT)?;
-            report = StepReport::Done;
-        }
-        Ok(report)
+        let done = ensure_snapshot(
+            &image_pool,
+            &names.image,
+            &mut image,
+            IMAGE_SNAPSHOT,
+            &lease,
+        )?;
+        Ok(if done.made || done.protected {
+            StepReport::Done
+        } else {
+            StepReport::AlreadyDone
+        })
     })
     .await?;
 

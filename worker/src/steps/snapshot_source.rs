@@ -4,6 +4,7 @@
 use snapq_common::rbd::run_blocking;
 
 use super::StepReport;
+use crate::artefacts::ensure_snapshot;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::gate::{self, Admission};
@@ -49,19 +50,20 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             }
             Err(e) => return Err(e),
         };
-        let mut report = StepReport::AlreadyDone;
-        if !disk.snap_exists(&names.source_snapshot)? {
-            lease.check("snapshot")?;
-            disk.create_snap(&names.source_snapshot)?;
-            report = StepReport::Done;
-        }
-        // Clone v2 does not need it, but a cluster still on clone v1 does, and it keeps the
-        // snapshot from being removed under the clone.
-        if !disk.is_snap_protected(&names.source_snapshot)? {
-            lease.check("protect")?;
-            disk.protect_snap(&names.source_snapshot)?;
-        }
-        Ok(Ok(report))
+        // Protected too: clone v2 does not need it, but a cluster still on clone v1 does, and
+        // it keeps the snapshot from being removed under the clone.
+        let done = ensure_snapshot(
+            &source_pool,
+            &names.source.image,
+            &mut disk,
+            &names.source_snapshot,
+            &lease,
+        )?;
+        Ok(Ok(if done.made {
+            StepReport::Done
+        } else {
+            StepReport::AlreadyDone
+        }))
     })
     .await?
 }

@@ -45,6 +45,10 @@ fn env_file_settings() -> HashMap<String, String> {
 }
 
 /// A setting from the process environment, else from the env file; panics naming it if absent.
+/// The lease of worker processes the tests spawn: short, so a killed worker's jobs resume
+/// within seconds.
+pub const SPAWNED_LEASE_SECONDS: u64 = 4;
+
 pub fn setting(name: &str) -> String {
     static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
     if let Ok(value) = std::env::var(name) {
@@ -537,7 +541,10 @@ pub mod worker_process {
                 .env("SNAPQ_CEPH_USER", "nova")
                 .env("SNAPQ_GLANCE_URL", &services.glance_url)
                 .env("SNAPQ_GLANCE_POOL", &services.glance_pool)
-                .env("SNAPQ_LEASE_SECONDS", "4")
+                .env(
+                    "SNAPQ_LEASE_SECONDS",
+                    crate::SPAWNED_LEASE_SECONDS.to_string(),
+                )
                 .env("SNAPQ_CEPH_OP_TIMEOUT", "2")
                 .env("SNAPQ_CONCURRENCY", "2")
                 .env("SNAPQ_SHUTDOWN_GRACE", "30")

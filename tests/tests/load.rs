@@ -1056,7 +1056,22 @@ async fn kill_9_mid_batch(mut batch: Batch) {
                 .map(|e| (e.at_ms as f64 - e.seconds * 1000.0, e))
                 .filter(|(start, _)| *start >= kill.at_ms as f64 - 1.0)
                 .min_by(|a, b| a.0.total_cmp(&b.0));
+            // Resumed on a worker killed in turn before the step ended: that run left no
+            // history entry, and the resume counts for the later kill.
+            let killed_again = |start: f64| {
+                kills.iter().any(|later| {
+                    later.at_ms > kill.at_ms
+                        && (later.at_ms as f64) < start
+                        && later.interrupted.iter().any(|(i, _)| i == image)
+                })
+            };
             match next {
+                Some((start, _)) if killed_again(start) => {
+                    println!(
+                        "  kill of {}: image {image} ({step}) resumed, and was interrupted                          again by a later kill",
+                        kill.pid
+                    );
+                }
                 Some((start, entry)) => {
                     let ms = start - kill.at_ms as f64;
                     println!(
@@ -1082,7 +1097,7 @@ async fn kill_9_mid_batch(mut batch: Batch) {
         println!(
             "resume time after a kill -9 (lease {} s): {} interrupted job(s), median {:.0} ms, \
              max {:.0} ms",
-            3,
+            snapq_tests::SPAWNED_LEASE_SECONDS,
             resumes.len(),
             resumes[resumes.len() / 2],
             resumes.last().copied().unwrap_or(f64::NAN)

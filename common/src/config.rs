@@ -22,6 +22,7 @@ use clap::{ArgMatches, FromArgMatches};
 
 use crate::amqp::{redact_url, TopologyConfig};
 use crate::glance::{GlanceConfig, LocationApi};
+use crate::keystone::{Credentials, KeystoneConfig};
 use crate::rbd::CephConfig;
 
 /// clap id of `--amqp-url`, whose value source decides whether a password is allowed.
@@ -263,9 +264,10 @@ fn has_password(url: &str) -> bool {
 /// Glance's endpoint and credentials.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GlanceArgs {
-    /// Glance API root, e.g. http://glance.internal:9292
+    /// Glance API root, e.g. http://glance.internal:9292. With Keystone it may be left out:
+    /// Glance is then found in the service catalog.
     #[arg(id = "glance-url", long = "glance-url", env = "SNAPQ_GLANCE_URL")]
-    pub url: String,
+    pub url: Option<String>,
     /// File holding the Keystone token sent as X-Auth-Token (surrounding whitespace ignored);
     /// or set SNAPQ_GLANCE_TOKEN. There is no flag for the token itself. Never logged.
     #[arg(
@@ -284,6 +286,151 @@ pub struct GlanceArgs {
         default_value_t = 60
     )]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub keystone: KeystoneArgs,
+}
+
+/// snapq's own service identity in Keystone, as in `clouds.yaml` (password or application
+/// credential). With `--keystone-auth-url` set, every Glance request carries a token of that
+/// identity, renewed before it expires.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeystoneArgs {
+    /// Keystone identity endpoint, e.g. http://keystone:5000/v3.
+    #[arg(long = "keystone-auth-url", env = "SNAPQ_KEYSTONE_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// snapq's Keystone user (password auth, or with an application credential's name).
+    #[arg(long = "keystone-username", env = "SNAPQ_KEYSTONE_USERNAME")]
+    pub username: Option<String>,
+    #[arg(
+        long = "keystone-user-domain-name",
+        env = "SNAPQ_KEYSTONE_USER_DOMAIN_NAME",
+        default_value = "Default"
+    )]
+    pub user_domain_name: String,
+    /// Project the password token is scoped to (snapq's service project).
+    #[arg(long = "keystone-project-name", env = "SNAPQ_KEYSTONE_PROJECT_NAME")]
+    pub project_name: Option<String>,
+    #[arg(
+        long = "keystone-project-domain-name",
+        env = "SNAPQ_KEYSTONE_PROJECT_DOMAIN_NAME",
+        default_value = "Default"
+    )]
+    pub project_domain_name: String,
+    /// File holding the password (surrounding whitespace ignored); or set
+    /// SNAPQ_KEYSTONE_PASSWORD. There is no flag for the password itself.
+    #[arg(
+        long = "keystone-password-file",
+        env = "SNAPQ_KEYSTONE_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Application credential id (instead of a password).
+    #[arg(
+        long = "keystone-application-credential-id",
+        env = "SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_ID"
+    )]
+    pub application_credential_id: Option<String>,
+    /// Application credential name (with --keystone-username), instead of its id.
+    #[arg(
+        long = "keystone-application-credential-name",
+        env = "SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_NAME"
+    )]
+    pub application_credential_name: Option<String>,
+    /// File holding the application credential's secret; or set
+    /// SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET.
+    #[arg(
+        long = "keystone-application-credential-secret-file",
+        env = "SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub application_credential_secret_file: Option<PathBuf>,
+    /// Which catalog endpoint of Glance to use: public, internal or admin.
+    #[arg(
+        long = "glance-interface",
+        env = "SNAPQ_GLANCE_INTERFACE",
+        default_value = "internal"
+    )]
+    pub interface: String,
+    /// Region of the catalog endpoint (any region if unset).
+    #[arg(long = "keystone-region-name", env = "SNAPQ_KEYSTONE_REGION_NAME")]
+    pub region_name: Option<String>,
+}
+
+/// The variables the Keystone secrets are read from (besides files).
+pub const KEYSTONE_PASSWORD_ENV: &str = "SNAPQ_KEYSTONE_PASSWORD";
+pub const KEYSTONE_APP_CRED_SECRET_ENV: &str = "SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET";
+
+impl KeystoneArgs {
+    /// The Keystone configuration, or None when `--keystone-auth-url` is not set.
+    pub fn config(&self, request_timeout: Duration) -> Result<Option<KeystoneConfig>, ConfigError> {
+        let Some(auth_url) = non_empty(self.auth_url.as_deref()) else {
+            return Ok(None);
+        };
+        let app_cred = non_empty(self.application_credential_id.as_deref()).is_some()
+            || non_empty(self.application_credential_name.as_deref()).is_some();
+        let credentials = if app_cred {
+            let secret = secret_from(
+                "the application credential secret",
+                KEYSTONE_APP_CRED_SECRET_ENV,
+                "--keystone-application-credential-secret-file/SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET_FILE",
+                self.application_credential_secret_file.as_deref(),
+            )?
+            .ok_or(ConfigError::Missing {
+                what: "the application credential secret",
+                hint: "set SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET or --keystone-application-credential-secret-file",
+            })?;
+            Credentials::ApplicationCredential {
+                id: self.application_credential_id.clone(),
+                name: self.application_credential_name.clone(),
+                username: self.username.clone(),
+                user_domain_name: self.user_domain_name.clone(),
+                secret,
+            }
+        } else {
+            let password = secret_from(
+                "the Keystone password",
+                KEYSTONE_PASSWORD_ENV,
+                "--keystone-password-file/SNAPQ_KEYSTONE_PASSWORD_FILE",
+                self.password_file.as_deref(),
+            )?
+            .ok_or(ConfigError::Missing {
+                what: "the Keystone password",
+                hint: "set SNAPQ_KEYSTONE_PASSWORD or --keystone-password-file (or use an application credential)",
+            })?;
+            Credentials::Password {
+                username: self.username.clone().unwrap_or_default(),
+                user_domain_name: self.user_domain_name.clone(),
+                password,
+                project_name: self.project_name.clone().unwrap_or_default(),
+                project_domain_name: self.project_domain_name.clone(),
+            }
+        };
+        Ok(Some(KeystoneConfig {
+            auth_url: auth_url.to_string(),
+            credentials,
+            request_timeout,
+        }))
+    }
+}
+
+/// A secret from the variable `env` or the file `path` (one of them, or neither).
+fn secret_from(
+    what: &'static str,
+    env: &'static str,
+    file_option: &'static str,
+    path: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let from_env = env_secret(env)?;
+    match (non_empty(from_env.as_deref()), non_empty_path(path)) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            what,
+            first: env,
+            second: file_option,
+        }),
+        (Some(value), None) => Ok(Some(value.to_string())),
+        (None, Some(path)) => Ok(Some(read_secret_file(file_option, path)?)),
+        (None, None) => Ok(None),
+    }
 }
 
 fn parse_location_api(s: &str) -> Result<LocationApi, String> {
@@ -321,8 +468,9 @@ impl GlanceArgs {
             (None, None) => None,
         };
         Ok(GlanceConfig {
-            url: self.url.clone(),
+            url: self.url.clone().unwrap_or_default(),
             token,
+            keystone: None,
             request_timeout: Duration::from_secs(self.timeout_secs),
             location_api: self.location_api,
         })
@@ -458,10 +606,23 @@ mod tests {
 
     fn glance(token_file: Option<&Path>) -> GlanceArgs {
         GlanceArgs {
-            url: "http://glance:9292".into(),
+            url: Some("http://glance:9292".into()),
             token_file: token_file.map(Path::to_path_buf),
             location_api: LocationApi::Auto,
             timeout_secs: 60,
+            keystone: KeystoneArgs {
+                auth_url: None,
+                username: None,
+                user_domain_name: "Default".into(),
+                project_name: None,
+                project_domain_name: "Default".into(),
+                password_file: None,
+                application_credential_id: None,
+                application_credential_name: None,
+                application_credential_secret_file: None,
+                interface: "internal".into(),
+                region_name: None,
+            },
         }
     }
 

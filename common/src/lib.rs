@@ -7,9 +7,11 @@
 #![deny(unsafe_code)]
 
 pub mod amqp;
+pub mod cloud;
 pub mod config;
 pub mod glance;
 pub mod job;
+pub mod keystone;
 pub mod logging;
 pub mod message;
 pub mod rbd;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use snapq_common::amqp::Topology;
+use snapq_common::cloud::glance_client;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
-use snapq_common::glance::{GlanceClient, NewImage};
+use snapq_common::glance::NewImage;
 use snapq_common::message::{validate_glance_image_name, DiskSpec, SnapshotRequest};
 use snapq_producer::Producer;
 
@@ -65,7 +66,7 @@ enum JobsAction {
     Purge {
         id: String,
         #[command(flatten)]
-        glance: GlanceArgs,
+        glance: Box<GlanceArgs>,
         /// Pool holding the workers' lease objects (as `snapq-worker --lease-pool`).
         #[arg(long, env = "SNAPQ_LEASE_POOL", default_value = "vms")]
         lease_pool: String,
@@ -161,11 +162,11 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let disk = DiskSpec::parse("--disk", &args.disk)?;
     validate_glance_image_name("--name", &args.name)?;
     let amqp_url = args.amqp.resolve()?;
-    let glance_config = args.glance.config()?;
+    args.glance.config()?;
     let image_id = match args.image_id {
         Some(id) => id,
         None => {
-            let glance = GlanceClient::new(glance_config)?;
+            let glance = glance_client(&args.glance).await?;
             glance
                 .create_image(&NewImage::raw(args.name.clone()))
                 .await
@@ -202,16 +203,16 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let amqp_url = args.amqp.resolve()?;
-    let glance_config = args.glance.config()?;
+    args.glance.config()?;
     let cluster = snapq_common::rbd::connect(
         args.ceph.config(),
         Duration::from_secs(args.ceph.connect_timeout_secs),
     )
     .await?;
-    let glance = GlanceClient::new(glance_config)?;
+    let glance = glance_client(&args.glance).await?;
     let load = args
         .load
-        .map(|jobs| load_bench(&args, jobs, &amqp_url))
+        .map(|jobs| load_bench(&args, jobs, &amqp_url, glance.base_url()))
         .transpose()?;
     let config = snapq_producer::bench::BenchConfig {
         disk_gib: args.disk_gib,
@@ -227,7 +228,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.fallback {
         let extra = snapq_producer::bench_fallback::FallbackBench {
-            glance_url: args.glance.url.clone(),
+            glance_url: glance.base_url().to_string(),
             ceph_conf: args.ceph.conf.clone(),
             ceph_user: args.ceph.user.clone(),
             worker_pid: args.worker_pid,
@@ -243,6 +244,7 @@ fn load_bench(
     args: &BenchArgs,
     jobs: usize,
     amqp_url: &str,
+    glance_url: &str,
 ) -> anyhow::Result<snapq_producer::bench_load::LoadBench> {
     let worker_binary = match &args.worker_bin {
         Some(path) => path.clone(),
@@ -261,7 +263,7 @@ fn load_bench(
             "SNAPQ_DELIVERY_LIMIT".into(),
             args.amqp.delivery_limit.to_string(),
         ),
-        ("SNAPQ_GLANCE_URL".into(), args.glance.url.clone()),
+        ("SNAPQ_GLANCE_URL".into(), glance_url.to_string()),
         ("SNAPQ_CEPH_CONF".into(), args.ceph.conf.clone()),
         ("SNAPQ_CEPH_USER".into(), args.ceph.user.clone()),
         ("SNAPQ_GLANCE_POOL".into(), args.ceph.glance_pool.clone()),
@@ -374,7 +376,7 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     let target = snapq_worker::purge::PurgeTarget {
                         image_pool: cluster.pool(&args.ceph.glance_pool)?,
                         lease_pool: cluster.pool(lease_pool)?,
-                        glance: GlanceClient::new(glance.config()?)?,
+                        glance: glance_client(glance).await?,
                         cluster,
                     };
                     let remaining = snapq_worker::purge::remove_remains(&target, &request, id).await?;

@@ -194,6 +194,7 @@ pub mod worker_harness {
         GlanceClient::new(GlanceConfig {
             url: url.to_string(),
             token: None,
+            keystone: None,
             request_timeout: Duration::from_secs(30),
             location_api: LocationApi::Auto,
         })

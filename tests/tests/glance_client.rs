@@ -17,6 +17,7 @@ fn client_for(url: String, location_api: LocationApi) -> GlanceClient {
     GlanceClient::new(GlanceConfig {
         url,
         token: None,
+        keystone: None,
         request_timeout: Duration::from_secs(30),
         location_api,
     })

@@ -558,6 +558,7 @@ impl Batch {
         let glance = GlanceClient::new(GlanceConfig {
             url: self.services.glance_url.clone(),
             token: None,
+            keystone: None,
             request_timeout: Duration::from_secs(10),
             location_api: LocationApi::Auto,
         })

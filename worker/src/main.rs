@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use snapq_common::amqp::Topology;
+use snapq_common::cloud::glance_client;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
-use snapq_common::glance::GlanceClient;
 use snapq_worker::settings::{LostImport, LostImportAction};
 use snapq_worker::{run_worker, Role, SourcePolicy, WorkerSettings};
 
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     // Secrets first: a refused setting must not wait for Ceph.
     let amqp_url = args.amqp.resolve()?;
-    let glance_config = args.glance.config()?;
+    args.glance.config()?;
     if !snapq_common::rbd::return_large_frees_to_the_os() {
         tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");
     }
@@ -124,7 +124,9 @@ async fn main() -> anyhow::Result<()> {
     let lease_pool = cluster
         .pool(&lease_pool_name)
         .with_context(|| format!("opening the lease pool (--lease-pool {lease_pool_name})"))?;
-    let glance = GlanceClient::new(glance_config).context("configuring the Glance client")?;
+    let glance = glance_client(&args.glance)
+        .await
+        .context("connecting to Glance")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let settings = WorkerSettings {
         role: args.role,

@@ -15,6 +15,7 @@ use super::config::GlanceConfig;
 use super::error::{glance_message, GlanceError};
 use super::image::{ImageRecord, NewImage, TaskLookup, TaskRecord};
 use super::location::{DetectedApi, LocationApi};
+use crate::keystone::KeystoneSession;
 
 /// A Glance Image API v2 client. Cheap to clone: clones share the HTTP client and the
 /// detected location API.
@@ -28,6 +29,8 @@ struct Inner {
     base_url: String,
     /// Kept only to mask it should Glance ever echo it in an error text.
     token: Option<String>,
+    /// Where tokens come from when snapq authenticates with Keystone.
+    keystone: Option<KeystoneSession>,
     request_timeout: Duration,
     location_api: LocationApi,
     detected: DetectedApi,
@@ -76,11 +79,17 @@ impl GlanceClient {
                 http,
                 base_url,
                 token: config.token,
+                keystone: config.keystone,
                 request_timeout: config.request_timeout,
                 location_api: config.location_api,
                 detected: DetectedApi::default(),
             }),
         })
+    }
+
+    /// The endpoint requests go to (found in the catalog, with Keystone).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
     }
 
     /// `POST /v2/images`: a new `queued` image without data.
@@ -197,15 +206,29 @@ impl GlanceClient {
         Ok(())
     }
 
-    /// Sends one request with the configured deadline and reads the whole answer.
+    /// Sends one request with the configured deadline and reads the whole answer. With
+    /// Keystone, a 401 (a token revoked or expired early) gets one more try with a new token.
     pub(super) async fn send(
         &self,
         method: Method,
         path: &str,
-        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Reply, GlanceError> {
         let timeout = Some(self.inner.request_timeout);
-        self.send_with_timeout(method, path, timeout, build).await
+        let (reply, used) = self
+            .send_once(method.clone(), path, timeout, &build)
+            .await?;
+        match (&self.inner.keystone, used) {
+            (Some(keystone), Some(used)) if reply.status == StatusCode::UNAUTHORIZED => {
+                tracing::info!(
+                    path,
+                    "glance answered 401; authenticating with keystone anew"
+                );
+                keystone.invalidate(&used).await;
+                Ok(self.send_once(method, path, timeout, build).await?.0)
+            }
+            _ => Ok(reply),
+        }
     }
 
     async fn send_with_timeout(
@@ -215,12 +238,34 @@ impl GlanceClient {
         timeout: Option<Duration>,
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Reply, GlanceError> {
+        Ok(self.send_once(method, path, timeout, build).await?.0)
+    }
+
+    /// One request; also returns the Keystone token it carried, if any.
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Option<Duration>,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(Reply, Option<String>), GlanceError> {
         let name = method_name(&method);
         let started = Instant::now();
         let url = format!("{}{}", self.inner.base_url, path);
         let mut request = self.inner.http.request(method, url);
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
+        }
+        let mut used = None;
+        if let Some(keystone) = &self.inner.keystone {
+            let token = keystone.token().await.map_err(GlanceError::Keystone)?;
+            let mut value = HeaderValue::from_str(&token).map_err(|_| GlanceError::Decode {
+                path: "keystone token".to_string(),
+                detail: "not a valid HTTP header value".to_string(),
+            })?;
+            value.set_sensitive(true);
+            request = request.header("x-auth-token", value);
+            used = Some(token);
         }
         let outcome = async {
             let response = build(request).send().await?;
@@ -239,7 +284,7 @@ impl GlanceClient {
                     elapsed_ms,
                     "glance request"
                 );
-                Ok(reply)
+                Ok((reply, used))
             }
             Err(e) => {
                 let detail = transport_detail(&e, timeout);

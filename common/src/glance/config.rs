@@ -15,6 +15,8 @@ pub struct GlanceConfig {
     /// Sent as `X-Auth-Token`; never logged or put in errors. Registering an `rbd://` location
     /// through the new API needs the `service` role.
     pub token: Option<String>,
+    /// Tokens from Keystone instead (snapq's own service identity); not with `token`.
+    pub keystone: Option<crate::keystone::KeystoneSession>,
     /// Deadline for every request except the upload, whose length is set by its body.
     pub request_timeout: Duration,
     pub location_api: LocationApi,
@@ -55,6 +57,12 @@ impl GlanceConfig {
             // Not echoed: a query may hold a secret too.
             return Err(invalid("must not have a query or fragment".to_string()));
         }
+        if self.token.is_some() && self.keystone.is_some() {
+            return Err(GlanceError::InvalidConfig {
+                field: "token",
+                reason: "cannot be set together with Keystone credentials".to_string(),
+            });
+        }
         if self.request_timeout.is_zero() {
             return Err(GlanceError::InvalidConfig {
                 field: "request_timeout",
@@ -71,6 +79,7 @@ impl fmt::Debug for GlanceConfig {
         f.debug_struct("GlanceConfig")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("keystone", &self.keystone)
             .field("request_timeout", &self.request_timeout)
             .field("location_api", &self.location_api)
             .finish()
@@ -85,6 +94,7 @@ mod tests {
         GlanceConfig {
             url: url.to_string(),
             token: Some("s3cret-token".to_string()),
+            keystone: None,
             request_timeout: Duration::from_secs(10),
             location_api: LocationApi::Auto,
         }

@@ -43,6 +43,9 @@ pub enum GlanceError {
     Decode { path: String, detail: String },
     #[error("invalid glance configuration: {field} {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// No token for Glance: Keystone refused snapq's credentials or could not be reached.
+    #[error("glance: {0}")]
+    Keystone(#[from] crate::keystone::KeystoneError),
 }
 
 impl GlanceError {
@@ -51,6 +54,7 @@ impl GlanceError {
         match self {
             GlanceError::Transport { .. } | GlanceError::NotActive { .. } => true,
             GlanceError::Http { status, .. } => *status >= 500 || *status == 429,
+            GlanceError::Keystone(e) => e.is_transient(),
             _ => false,
         }
     }

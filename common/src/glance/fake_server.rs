@@ -12,6 +12,7 @@ pub(super) fn config(url: String, token: Option<&str>, location_api: LocationApi
     GlanceConfig {
         url,
         token: token.map(str::to_string),
+        keystone: None,
         request_timeout: Duration::from_secs(5),
         location_api,
     }

@@ -37,6 +37,20 @@ GLANCE_VERSION=${GLANCE_VERSION:-33.0.0}
 GLANCE_SHOW_MULTIPLE_LOCATIONS=${GLANCE_SHOW_MULTIPLE_LOCATIONS:-False}
 GLANCE_DO_SECURE_HASH=${GLANCE_DO_SECURE_HASH:-True}
 
+# Keystone (in Glance's venv) and a second Glance that checks Keystone tokens
+KEYSTONE_DIR=${KEYSTONE_DIR:-$SNAPQ_STATE_DIR/keystone}
+KEYSTONE_VERSION=${KEYSTONE_VERSION:-30.0.0}
+KEYSTONE_PORT=${KEYSTONE_PORT:-5000}
+# Short on purpose: snapq's token renewal runs in every test, and an expired token is really
+# refused (allow_expired_window = 0).
+KEYSTONE_TOKEN_EXPIRATION=${KEYSTONE_TOKEN_EXPIRATION:-60}
+KEYSTONE_ADMIN_PASSWORD=${KEYSTONE_ADMIN_PASSWORD:-snapq-dev-admin}
+KEYSTONE_SNAPQ_PASSWORD=${KEYSTONE_SNAPQ_PASSWORD:-snapq-dev-service}
+KEYSTONE_GLANCE_PASSWORD=${KEYSTONE_GLANCE_PASSWORD:-snapq-dev-glance}
+KEYSTONE_DEMO_PASSWORD=${KEYSTONE_DEMO_PASSWORD:-snapq-dev-demo}
+KEYSTONE_APP_CRED_SECRET=${KEYSTONE_APP_CRED_SECRET:-snapq-dev-app-cred}
+GLANCE_KEYSTONE_PORT=${GLANCE_KEYSTONE_PORT:-9295}
+
 log() { printf '[dev] %s\n' "$*" >&2; }
 die() { printf '[dev] ERROR: %s\n' "$*" >&2; exit 1; }
 

@@ -34,7 +34,12 @@ fn state_env_file() -> PathBuf {
 
 /// Settings from `export KEY=VALUE` lines of the env file `dev/up` writes.
 fn env_file_settings() -> HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(state_env_file()) else {
+    settings_in(&state_env_file())
+}
+
+/// Settings from `export KEY=VALUE` lines of `path`; empty if it cannot be read.
+fn settings_in(path: &std::path::Path) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return HashMap::new();
     };
     text.lines()
@@ -62,6 +67,25 @@ pub fn setting(name: &str) -> String {
                 "{name} is not set and {} does not define it: start the services with `dev/up` \
                  (the README's test command does) before running the integration tests",
                 state_env_file().display()
+            )
+        })
+}
+
+/// A setting of the dev Keystone and its Glance, from the environment or from the file
+/// `dev/up keystone` writes beside the main env file; panics naming it if absent.
+pub fn keystone_setting(name: &str) -> String {
+    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    if let Ok(value) = std::env::var(name) {
+        return value;
+    }
+    let path = state_env_file().with_file_name("env.keystone");
+    FILE.get_or_init(|| settings_in(&path))
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not set and {} does not define it: start Keystone with                  `dev/up keystone` (the README's test command does)",
+                path.display()
             )
         })
 }
@@ -229,6 +253,17 @@ pub mod worker_harness {
             role: Role,
             glance_url: &str,
         ) -> RunningWorker {
+            RunningWorker::start_with_client(topology, ceph_user, role, glance_client(glance_url))
+                .await
+        }
+
+        /// Starts a worker in `role` using `glance` (e.g. one authenticating with Keystone).
+        pub async fn start_with_client(
+            topology: Topology,
+            ceph_user: &str,
+            role: Role,
+            glance: GlanceClient,
+        ) -> RunningWorker {
             // The worker's logs, shown with a failing test's output.
             let _ = tracing_subscriber::fmt()
                 .with_test_writer()
@@ -248,7 +283,7 @@ pub mod worker_harness {
                 topology: topology.clone(),
                 cluster,
                 image_pool,
-                glance: glance_client(glance_url),
+                glance,
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
                 lost_import: snapq_worker::settings::LostImport::DEFAULT,

@@ -121,7 +121,7 @@ pub enum JobError {
 /// | Ceph `ESHUTDOWN` (this client was blocklisted) | anywhere | retry, after reconnecting the cluster handle |
 /// | Ceph `EBUSY` (watchers, a snapshot still with clones) | anywhere | retry |
 /// | other Ceph errors (`ENOENT` of something that must exist, `ENOSPC`, ...) | anywhere | park |
-/// | Glance 5xx, 429, transport errors | anywhere | retry |
+/// | Glance 5xx, 429, transport errors, Keystone unreachable, a 401 to a token Keystone just issued | anywhere | retry |
 /// | Glance 400/403 on the location call | publish | fallback |
 /// | Glance's import still running | publish | checkpoint and wait, no attempt spent |
 /// | Glance's import task failed | publish | retry (the next attempt registers anew) |

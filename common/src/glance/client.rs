@@ -225,7 +225,20 @@ impl GlanceClient {
                     "glance answered 401; authenticating with keystone anew"
                 );
                 keystone.invalidate(&used).await;
-                Ok(self.send_once(method, path, timeout, build).await?.0)
+                let reply = self
+                    .send_once(method.clone(), path, timeout, build)
+                    .await?
+                    .0;
+                if reply.status == StatusCode::UNAUTHORIZED {
+                    // Keystone just issued the token: Glance could not validate it (it may not
+                    // reach Keystone), which passes, or is misconfigured, which the retries
+                    // show.
+                    return Err(GlanceError::FreshTokenRefused {
+                        method: method_name(&method),
+                        path: path.to_string(),
+                    });
+                }
+                Ok(reply)
             }
             _ => Ok(reply),
         }

@@ -43,6 +43,9 @@ pub enum GlanceError {
     Decode { path: String, detail: String },
     #[error("invalid glance configuration: {field} {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// Glance answered 401 to a token Keystone had just issued.
+    #[error("glance {method} {path}: HTTP 401 to a fresh Keystone token (can Glance reach Keystone? check its [keystone_authtoken])")]
+    FreshTokenRefused { method: &'static str, path: String },
     /// No token for Glance: Keystone refused snapq's credentials or could not be reached.
     #[error("glance: {0}")]
     Keystone(#[from] crate::keystone::KeystoneError),
@@ -52,7 +55,9 @@ impl GlanceError {
     /// Worth retrying later: the request may succeed once Glance or the network recovers.
     pub fn is_transient(&self) -> bool {
         match self {
-            GlanceError::Transport { .. } | GlanceError::NotActive { .. } => true,
+            GlanceError::Transport { .. }
+            | GlanceError::NotActive { .. }
+            | GlanceError::FreshTokenRefused { .. } => true,
             GlanceError::Http { status, .. } => *status >= 500 || *status == 429,
             GlanceError::Keystone(e) => e.is_transient(),
             _ => false,

@@ -45,6 +45,10 @@ master = true
 processes = 2
 threads = 8
 listen = 256
+# uWSGI's http-socket closes each connection after one response without saying so, and
+# keystonemiddleware's pooled connection then fails the next validation ("Connection reset by
+# peer"), which Glance turns into a 401. Saying so makes clients open a new one.
+add-header = Connection: close
 lazy-apps = true
 enable-threads = true
 buffer-size = 65535

@@ -264,6 +264,17 @@ pub mod worker_harness {
             role: Role,
             glance: GlanceClient,
         ) -> RunningWorker {
+            RunningWorker::start_configured(topology, ceph_user, role, glance, |_| {}).await
+        }
+
+        /// Starts a worker in `role` using `glance`, its settings changed by `configure`.
+        pub async fn start_configured(
+            topology: Topology,
+            ceph_user: &str,
+            role: Role,
+            glance: GlanceClient,
+            configure: impl FnOnce(&mut WorkerSettings),
+        ) -> RunningWorker {
             // The worker's logs, shown with a failing test's output.
             let _ = tracing_subscriber::fmt()
                 .with_test_writer()
@@ -287,6 +298,7 @@ pub mod worker_harness {
                 concurrency: 2,
                 active_timeout: Duration::from_secs(60),
                 lost_import: snapq_worker::settings::LostImport::DEFAULT,
+                notifications: snapq_worker::settings::NotificationSettings::off(),
                 flatten_hold: Duration::from_secs(60),
                 flatten_in_process_below: 1 << 30,
                 glance_store_fsid: None,
@@ -301,6 +313,8 @@ pub mod worker_harness {
                 .expect("the Nova source policy"),
                 name: format!("snapq-test-worker:{}", topology.work_queue),
             };
+            let mut settings = settings;
+            configure(&mut settings);
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
                 let shutdown = async {

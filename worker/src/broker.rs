@@ -13,11 +13,13 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use snapq_common::amqp::{oslo_properties, publish_confirmed, AmqpError};
 use snapq_common::job::{DeadLetterReason, JobState};
 use snapq_common::message::{
-    reply_to_of, without_secrets, ReplyTo, RpcFailure, RpcReply, SnapshotRequest,
+    encode_notification, reply_to_of, without_secrets, ReplyTo, RpcFailure, RpcReply,
+    SnapshotRequest,
 };
 use tracing::warn;
 
 use crate::channels::Channels;
+use crate::notify::{self, Event};
 use crate::settings::WorkerSettings;
 
 /// A delivery this worker holds, with the worker's channels.
@@ -87,8 +89,55 @@ impl<'a> JobMessage<'a> {
         }
     }
 
+    /// Publishes `event` for the job of `request` as an oslo notification, to each configured
+    /// topic, with the request's context (never its secrets). A notification that cannot be
+    /// published is logged; it never fails the job.
+    pub async fn notify(&self, request: &SnapshotRequest, event: Event) {
+        let notifications = &self.settings.notifications;
+        if !notifications.enabled {
+            return;
+        }
+        let body = encode_notification(
+            &notifications.publisher_id,
+            event.event_type,
+            event.priority.name(),
+            event.payload,
+            &request.context,
+        );
+        for topic in &notifications.topics {
+            let routing_key = format!("{topic}.{}", event.priority.name());
+            if let Err(e) = self
+                .publish_body(
+                    &self.settings.topology.request_exchange,
+                    &routing_key,
+                    &body,
+                    oslo_properties(),
+                )
+                .await
+            {
+                warn!(%routing_key, event = event.event_type, error = %e, "could not publish a notification");
+            }
+        }
+    }
+
+    /// Moves the job to the parking lot, where it ends without an image: with a request, the
+    /// `snapq.snapshot.error` notification says so. If parking fails the job stays where it
+    /// is, for later (and no notification goes out yet).
+    pub async fn park_request(&self, request: &SnapshotRequest, state: &JobState) {
+        if self.park_or_keep(state).await {
+            let job_id = state.job_id.as_deref().unwrap_or(&request.unique_id);
+            self.notify(request, notify::error(request, job_id, state))
+                .await;
+        }
+    }
+
     /// Moves the job to the parking lot. If that fails it stays where it is, for later.
     pub async fn park(&self, state: &JobState) {
+        self.park_or_keep(state).await;
+    }
+
+    /// Parks the job; true if it was parked.
+    async fn park_or_keep(&self, state: &JobState) -> bool {
         let parked = self
             .hand_over("", &self.settings.topology.parked_queue, state)
             .await;
@@ -96,7 +145,9 @@ impl<'a> JobMessage<'a> {
             warn!(error = %e, "could not park the job; leaving it in its queue");
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.nack(true).await;
+            return false;
         }
+        true
     }
 
     /// Answers the caller, if the request was a `call`. A caller that went away is not the

@@ -82,6 +82,14 @@ async fn consume(
     let connection = amqp::connect(&settings.amqp_url, &settings.name).await?;
     let channel = amqp::open_confirmed_channel(&connection).await?;
     amqp::declare_topology(&channel, &settings.topology).await?;
+    if settings.notifications.enabled {
+        amqp::declare_notification_queues(
+            &channel,
+            &settings.topology,
+            &settings.notifications.topics,
+        )
+        .await?;
+    }
     channel
         .basic_qos(settings.concurrency, BasicQosOptions::default())
         .await

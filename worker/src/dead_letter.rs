@@ -17,7 +17,14 @@ use crate::decode::decode_job;
 use crate::error::{Disposition, JobError};
 use crate::lease::{JobLease, LeaseError, LeaseToken, Release};
 use crate::settings::WorkerSettings;
-use crate::{cleanup, fallback, reply};
+use crate::{cleanup, fallback, notify, reply};
+
+fn job_id_of(request: &SnapshotRequest, state: &JobState) -> String {
+    state
+        .job_id
+        .clone()
+        .unwrap_or_else(|| request.unique_id.clone())
+}
 
 pub async fn handle(settings: &WorkerSettings, channels: &Channels, delivery: Delivery) {
     let job = JobMessage::new(settings, channels, &delivery);
@@ -69,7 +76,7 @@ async fn serve(
         }
         state.last_error = Some(error.to_string());
         state.set_reason(DeadLetterReason::Refused);
-        job.park(&state).await;
+        job.park_request(request, &state).await;
         return;
     }
     let Some(reason) = reason.filter(|r| r.wants_full_copy()) else {
@@ -88,7 +95,7 @@ async fn serve(
             );
             job.reply(request, None, Some(failure)).await;
         }
-        job.park(&state).await;
+        job.park_request(request, &state).await;
         return;
     };
     // The outage that used up the fast path's retries would fail the full copy too.
@@ -163,6 +170,18 @@ async fn serve(
                 result["read_bytes"] = report.read.into();
             }
             job.reply(request, Some(result), None).await;
+            let bytes = report.map(|r| r.read);
+            job.notify(
+                request,
+                notify::end(
+                    request,
+                    &job_id_of(request, &state),
+                    reply::METHOD_FALLBACK,
+                    seconds,
+                    bytes,
+                ),
+            )
+            .await;
             job.ack().await;
         }
         Err(e) if passing => wait_out(settings, job, request, state, reason, e).await,
@@ -223,7 +242,7 @@ async fn give_up(
         DeadLetterReason::FallbackFailed
     });
     job.reply(request, None, Some(reply::failure(&error))).await;
-    job.park(&state).await;
+    job.park_request(request, &state).await;
 }
 
 async fn run_fallback(

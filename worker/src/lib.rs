@@ -28,6 +28,7 @@ pub mod gate;
 pub mod import_watch;
 pub mod lease;
 pub mod names;
+pub mod notify;
 pub mod policy;
 pub mod provenance;
 pub mod purge;

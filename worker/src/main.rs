@@ -9,7 +9,7 @@ use clap::Parser;
 use snapq_common::amqp::Topology;
 use snapq_common::cloud::glance_client;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
-use snapq_worker::settings::{LostImport, LostImportAction};
+use snapq_worker::settings::{LostImport, LostImportAction, NotificationSettings};
 use snapq_worker::{run_worker, Role, SourcePolicy, WorkerSettings};
 
 #[derive(Debug, Parser)]
@@ -41,6 +41,18 @@ struct Args {
     /// makes the image by a full copy, `wait` waits for Glance to let the lock expire.
     #[arg(long, env = "SNAPQ_LOST_IMPORT", default_value = "copy", value_parser = parse_lost_import)]
     lost_import: LostImportAction,
+    /// oslo notification driver: `messagingv2` publishes snapq.snapshot.start/.end/.error on
+    /// the control exchange; `noop` (oslo's default) publishes nothing.
+    #[arg(long, env = "SNAPQ_NOTIFICATION_DRIVER", default_value = "noop", value_parser = ["messagingv2", "noop"])]
+    notification_driver: String,
+    /// oslo notification topics (comma-separated), as [oslo_messaging_notifications] topics.
+    #[arg(
+        long,
+        env = "SNAPQ_NOTIFICATION_TOPICS",
+        default_value = "notifications",
+        value_delimiter = ','
+    )]
+    notification_topics: Vec<String>,
     /// Seconds a Glance task queued after the job's must have run ahead of it before the
     /// job's import counts as lost.
     #[arg(long, env = "SNAPQ_LOST_IMPORT_AFTER", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
@@ -137,6 +149,16 @@ async fn main() -> anyhow::Result<()> {
         glance,
         concurrency: args.concurrency,
         active_timeout: Duration::from_secs(args.active_timeout),
+        notifications: NotificationSettings {
+            enabled: args.notification_driver == "messagingv2",
+            topics: args
+                .notification_topics
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            publisher_id: format!("snapq.{host}"),
+        },
         lost_import: LostImport {
             action: args.lost_import,
             after: Duration::from_secs(args.lost_import_after),

@@ -45,6 +45,27 @@ impl LostImport {
     };
 }
 
+/// oslo notifications (`[oslo_messaging_notifications]`): off unless the driver is
+/// `messagingv2`, as in oslo.
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    pub enabled: bool,
+    /// oslo's `topics`: each event goes to `<topic>.info` or `<topic>.error`.
+    pub topics: Vec<String>,
+    /// `snapq.<host>`, as OpenStack services name themselves.
+    pub publisher_id: String,
+}
+
+impl NotificationSettings {
+    pub fn off() -> NotificationSettings {
+        NotificationSettings {
+            enabled: false,
+            topics: Vec::new(),
+            publisher_id: "snapq".to_string(),
+        }
+    }
+}
+
 /// What a worker needs, already connected where connecting is slow.
 #[derive(Clone)]
 pub struct WorkerSettings {
@@ -59,6 +80,7 @@ pub struct WorkerSettings {
     pub active_timeout: Duration,
     /// What to do when Glance lost the job's location import.
     pub lost_import: LostImport,
+    pub notifications: NotificationSettings,
     /// How long one delivery waits for a flatten before checkpointing its progress.
     pub flatten_hold: Duration,
     /// Clones whose source holds less than this many bytes are flattened in the worker;

@@ -21,7 +21,7 @@ use crate::error::JobError;
 use crate::failure::fail;
 use crate::lease::{JobLease, LeaseError, Release};
 use crate::settings::WorkerSettings;
-use crate::{failpoint, gate, reply, steps};
+use crate::{failpoint, gate, notify, reply, steps};
 
 pub async fn handle(settings: &WorkerSettings, channels: &Channels, delivery: Delivery) {
     let job = JobMessage::new(settings, channels, &delivery);
@@ -127,6 +127,7 @@ async fn run_step(
     let ctx = ctx.under(lease.token());
     if step == Step::SnapshotSource && state.step_done.is_none() && state.history.is_empty() {
         info!(disk = %request.disk, "job started");
+        job.notify(request, notify::start(request, &job_id)).await;
     } else {
         info!(
             resume_after = state.step_done.map(|s| s.name()).unwrap_or("nothing"),
@@ -203,6 +204,12 @@ async fn run_step(
                         None,
                     )
                     .await;
+                    if settings.notifications.enabled {
+                        let bytes = stored_bytes(&ctx).await;
+                        let event =
+                            notify::end(request, &job_id, reply::METHOD_DIRECT, seconds, bytes);
+                        job.notify(request, event).await;
+                    }
                     job.ack().await;
                 }
             }
@@ -224,4 +231,16 @@ async fn run_step(
             fail(settings, job, request, state, step, e, Some((lease, ctx))).await;
         }
     }
+}
+
+/// Bytes the finished image holds (the allocated extents of `images/<id>@snap`), if Ceph
+/// says; for the end notification.
+async fn stored_bytes(ctx: &JobContext) -> Option<u64> {
+    let (pool, name) = (ctx.image_pool.clone(), ctx.names.image.clone());
+    snapq_common::rbd::run_blocking(move || {
+        pool.open_read_only(&name, Some(crate::names::IMAGE_SNAPSHOT))?
+            .used_bytes()
+    })
+    .await
+    .ok()
 }

@@ -9,6 +9,6 @@ pub use connection::{connect, open_confirmed_channel};
 pub use error::{redact_url, AmqpError};
 pub use publish::{oslo_properties, publish_confirmed};
 pub use topology::{
-    declare_topology, QueueDeclaration, QueueRole, Topology, TopologyConfig,
-    DEAD_LETTER_DELIVERY_LIMIT,
+    declare_notification_queues, declare_topology, QueueDeclaration, QueueRole, Topology,
+    TopologyConfig, DEAD_LETTER_DELIVERY_LIMIT, NOTIFICATION_PRIORITIES,
 };

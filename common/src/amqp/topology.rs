@@ -429,6 +429,48 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
     Ok(())
 }
 
+/// The priorities snapq notifies at.
+pub const NOTIFICATION_PRIORITIES: [&str; 2] = ["info", "error"];
+
+/// Declares oslo's notification queues `<topic>.info` and `<topic>.error` for each topic,
+/// bound to the control exchange, as oslo.messaging's rabbit driver does before it publishes a
+/// notification (so none is lost before a listener comes): durable as the exchange, not
+/// auto-deleted, no arguments. A listener (ceilometer, an oslo notification listener) declares
+/// the same queues and consumes them.
+pub async fn declare_notification_queues(
+    channel: &Channel,
+    topology: &Topology,
+    topics: &[String],
+) -> Result<(), AmqpError> {
+    for topic in topics {
+        for priority in NOTIFICATION_PRIORITIES {
+            let name = format!("{topic}.{priority}");
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: topology.config.exchange_durable,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(AmqpError::broker("declare a notification queue"))?;
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    topology.request_exchange.as_str().into(),
+                    name.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(AmqpError::broker("bind a notification queue"))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::context::RequestContext;
 use super::envelope;
 
 /// A notification body in the v2.0 envelope (`notify/notifier.py`): `{"message_id" (uuid4,
@@ -14,11 +15,15 @@ use super::envelope;
 ///
 /// `priority` is upper-cased as oslo sends it (`INFO`, `ERROR`, ...); publish it with routing key
 /// `<topic>.<priority in lower case>`, e.g. `notifications.info`.
+///
+/// The request's context goes along as `_context_<key>` entries, as oslo's `pack_context`
+/// adds them, without its secret keys (`auth_token` and the like never leave).
 pub fn encode_notification(
     publisher_id: &str,
     event_type: &str,
     priority: &str,
     payload: Value,
+    context: &RequestContext,
 ) -> Vec<u8> {
     encode_notification_at(
         SystemTime::now(),
@@ -26,6 +31,7 @@ pub fn encode_notification(
         event_type,
         priority,
         payload,
+        context,
     )
 }
 
@@ -35,6 +41,7 @@ fn encode_notification_at(
     event_type: &str,
     priority: &str,
     payload: Value,
+    context: &RequestContext,
 ) -> Vec<u8> {
     #[derive(Serialize)]
     struct WireNotification<'a> {
@@ -46,8 +53,15 @@ fn encode_notification_at(
         timestamp: String,
         #[serde(rename = "_unique_id")]
         unique_id: String,
+        #[serde(flatten)]
+        context: serde_json::Map<String, Value>,
     }
 
+    let context = context
+        .without_secrets()
+        .iter()
+        .map(|(key, value)| (format!("_context_{key}"), value.clone()))
+        .collect();
     envelope::encode(&WireNotification {
         message_id: Uuid::new_v4().hyphenated().to_string(),
         publisher_id,
@@ -56,6 +70,7 @@ fn encode_notification_at(
         payload,
         timestamp: format_timestamp(now),
         unique_id: envelope::new_unique_id(),
+        context,
     })
 }
 
@@ -164,6 +179,7 @@ mod tests {
             "snapq.snapshot.end",
             "info",
             payload.clone(),
+            &RequestContext::default(),
         );
         let ours = envelope::decode(&body).unwrap();
         let oslo = envelope::decode(OSLO_NOTIFICATION.as_bytes()).unwrap();
@@ -188,7 +204,7 @@ mod tests {
 
     #[test]
     fn notification_timestamp_is_now() {
-        let body = encode_notification("p", "e", "ERROR", json!({}));
+        let body = encode_notification("p", "e", "ERROR", json!({}), &RequestContext::default());
         let inner = envelope::decode(&body).unwrap();
         let timestamp = inner["timestamp"].as_str().unwrap();
         let pattern: Vec<bool> = timestamp.chars().map(|c| c.is_ascii_digit()).collect();
@@ -203,5 +219,18 @@ mod tests {
         );
         assert!(timestamp >= "2025", "{timestamp}");
         assert_eq!(inner["priority"], "ERROR");
+    }
+
+    #[test]
+    fn the_request_context_goes_along_without_its_secrets() {
+        let mut context = RequestContext::default();
+        context.insert("request_id", json!("req-1"));
+        context.insert("project_id", json!("p1"));
+        context.insert("auth_token", json!("tok-secret"));
+        let body = encode_notification("p", "snapq.snapshot.start", "info", json!({}), &context);
+        let inner = envelope::decode(&body).unwrap();
+        assert_eq!(inner["_context_request_id"], "req-1");
+        assert_eq!(inner["_context_project_id"], "p1");
+        assert!(!String::from_utf8_lossy(&body).contains("tok-secret"));
     }
 }

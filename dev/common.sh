@@ -51,6 +51,11 @@ KEYSTONE_DEMO_PASSWORD=${KEYSTONE_DEMO_PASSWORD:-snapq-dev-demo}
 KEYSTONE_APP_CRED_SECRET=${KEYSTONE_APP_CRED_SECRET:-snapq-dev-app-cred}
 GLANCE_KEYSTONE_PORT=${GLANCE_KEYSTONE_PORT:-9295}
 
+# TLS endpoints beside the plain ones, with a dev CA (dev/tls.sh)
+KEYSTONE_TLS_PORT=${KEYSTONE_TLS_PORT:-5001}
+GLANCE_KEYSTONE_TLS_PORT=${GLANCE_KEYSTONE_TLS_PORT:-9296}
+RABBIT_TLS_PORT=${RABBIT_TLS_PORT:-5671}
+
 log() { printf '[dev] %s\n' "$*" >&2; }
 die() { printf '[dev] ERROR: %s\n' "$*" >&2; exit 1; }
 

@@ -97,9 +97,12 @@ oslo_config_project = glance
 oslo_config_program = glance-api
 CONF
   cp "$SNAPQ_ROOT/dev/snapq_noauth.py" "$GLANCE_DIR/etc/"
+  local https=""
+  [ -n "${GLANCE_TLS_PORT:-}" ] && https="https-socket = 127.0.0.1:$GLANCE_TLS_PORT,$TLS_DIR/server.crt,$TLS_DIR/server.key"
   cat > "$GLANCE_DIR/etc/uwsgi.ini" <<CONF
 [uwsgi]
 http-socket = 127.0.0.1:$GLANCE_PORT
+$https
 module = glance.wsgi.api:application
 virtualenv = $GLANCE_VENV
 pythonpath = $GLANCE_DIR/etc

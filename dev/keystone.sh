@@ -36,6 +36,7 @@ CONF
   cat > "$KEYSTONE_DIR/etc/uwsgi.ini" <<CONF
 [uwsgi]
 http-socket = 127.0.0.1:$KEYSTONE_PORT
+https-socket = 127.0.0.1:$KEYSTONE_TLS_PORT,$TLS_DIR/server.crt,$TLS_DIR/server.key
 module = keystone.wsgi.api:application
 virtualenv = $GLANCE_VENV
 env = OS_KEYSTONE_CONFIG_DIR=$KEYSTONE_DIR/etc
@@ -68,6 +69,7 @@ keystone_manage() {
 }
 
 keystone_up() {
+  tls_certs
   "$GLANCE_VENV/bin/python" -c 'import keystone' 2>/dev/null || die "keystone: not installed in $GLANCE_VENV; run dev/install"
   keystone_write_conf
   postgres_up

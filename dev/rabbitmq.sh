@@ -19,6 +19,7 @@ rabbit_env() {
 rabbitmqctl_() { (rabbit_env; /usr/lib/rabbitmq/bin/rabbitmqctl "$@"); }
 
 rabbit_up() {
+  tls_certs
   mkdir -p "$RABBIT_DIR"/{mnesia,log,home}
   cat > "$RABBIT_DIR/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$RABBIT_PORT
@@ -30,6 +31,12 @@ loopback_users = none
 default_user = $RABBIT_USER
 default_pass = $RABBIT_PASSWORD
 log.file.level = info
+listeners.ssl.default = 127.0.0.1:$RABBIT_TLS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.crt
+ssl_options.certfile = $TLS_DIR/server.crt
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 CONF
   echo '[rabbitmq_management,rabbitmq_prometheus].' > "$RABBIT_DIR/enabled_plugins"
   if ! pid_alive "$RABBIT_DIR/rabbit.pid"; then

@@ -77,6 +77,8 @@ pub enum ConfigError {
     /// An environment variable holding a secret is not UTF-8.
     #[error("{name} is not valid UTF-8")]
     NotUnicode { name: &'static str },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The flags of [`AmqpArgs`], as clap parses them.
@@ -112,6 +114,14 @@ struct AmqpFlags {
     /// Deliveries of one request before RabbitMQ dead-letters it.
     #[arg(long, env = "SNAPQ_DELIVERY_LIMIT", default_value_t = 5)]
     delivery_limit: u32,
+    /// PEM file of CA certificates to trust for an amqps:// broker (beside the system's).
+    #[arg(
+        id = "amqp-ca-file",
+        long = "amqp-ca-file",
+        env = "SNAPQ_AMQP_CA_FILE",
+        value_name = "PATH"
+    )]
+    ca_file: Option<PathBuf>,
 }
 
 /// Where RabbitMQ is and which names snapq uses on it. The broker URL is read through
@@ -126,9 +136,19 @@ pub struct AmqpArgs {
     pub exchange_durable: bool,
     pub topic: String,
     pub delivery_limit: u32,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AmqpArgs {
+    /// The PEM text of `--amqp-ca-file`, if set.
+    pub fn ca_pem(&self) -> Result<Option<String>, ConfigError> {
+        self.ca_file
+            .as_deref()
+            .map(|path| crate::tls::read_ca_pem("--amqp-ca-file (SNAPQ_AMQP_CA_FILE)", path))
+            .transpose()
+            .map_err(ConfigError::from)
+    }
+
     fn from_flags(flags: AmqpFlags, url_on_command_line: bool) -> AmqpArgs {
         AmqpArgs {
             url: flags.url,
@@ -138,6 +158,7 @@ impl AmqpArgs {
             exchange_durable: flags.exchange_durable,
             topic: flags.topic,
             delivery_limit: flags.delivery_limit,
+            ca_file: flags.ca_file,
         }
     }
 
@@ -149,6 +170,7 @@ impl AmqpArgs {
             exchange_durable: self.exchange_durable,
             topic: self.topic.clone(),
             delivery_limit: self.delivery_limit,
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -286,6 +308,14 @@ pub struct GlanceArgs {
         default_value_t = 60
     )]
     pub timeout_secs: u64,
+    /// PEM file of CA certificates to trust for an https Glance (beside the system's).
+    #[arg(
+        id = "glance-ca-file",
+        long = "glance-ca-file",
+        env = "SNAPQ_GLANCE_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub keystone: KeystoneArgs,
 }
@@ -354,6 +384,14 @@ pub struct KeystoneArgs {
     /// Region of the catalog endpoint (any region if unset).
     #[arg(long = "keystone-region-name", env = "SNAPQ_KEYSTONE_REGION_NAME")]
     pub region_name: Option<String>,
+    /// PEM file of CA certificates to trust for an https Keystone (beside the system's).
+    #[arg(
+        id = "keystone-ca-file",
+        long = "keystone-ca-file",
+        env = "SNAPQ_KEYSTONE_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The variables the Keystone secrets are read from (besides files).
@@ -409,6 +447,7 @@ impl KeystoneArgs {
             auth_url: auth_url.to_string(),
             credentials,
             request_timeout,
+            ca_file: self.ca_file.clone(),
         }))
     }
 }
@@ -469,6 +508,7 @@ impl GlanceArgs {
         };
         Ok(GlanceConfig {
             url: self.url.clone().unwrap_or_default(),
+            ca_file: self.ca_file.clone(),
             token,
             keystone: None,
             request_timeout: Duration::from_secs(self.timeout_secs),
@@ -601,6 +641,7 @@ mod tests {
             exchange_durable: false,
             topic: "snapq".into(),
             delivery_limit: 5,
+            ca_file: None,
         }
     }
 
@@ -622,7 +663,9 @@ mod tests {
                 application_credential_secret_file: None,
                 interface: "internal".into(),
                 region_name: None,
+                ca_file: None,
             },
+            ca_file: None,
         }
     }
 

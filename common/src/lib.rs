@@ -15,3 +15,4 @@ pub mod keystone;
 pub mod logging;
 pub mod message;
 pub mod rbd;
+pub mod tls;

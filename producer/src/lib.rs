@@ -38,7 +38,16 @@ pub struct Producer {
 
 impl Producer {
     pub async fn connect(url: &str, topology: Topology) -> Result<Producer, ProducerError> {
-        let connection = amqp::connect(url, "snapq-producer").await?;
+        Producer::connect_with_ca(url, topology, None).await
+    }
+
+    /// [`Producer::connect`] trusting the CA certificates in `ca_pem` for an `amqps://` broker.
+    pub async fn connect_with_ca(
+        url: &str,
+        topology: Topology,
+        ca_pem: Option<&str>,
+    ) -> Result<Producer, ProducerError> {
+        let connection = amqp::connect_with_ca(url, "snapq-producer", ca_pem).await?;
         let channel = amqp::open_confirmed_channel(&connection).await?;
         amqp::declare_topology(&channel, &topology).await?;
         Ok(Producer {

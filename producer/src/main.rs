@@ -175,7 +175,13 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         }
     };
     let request = SnapshotRequest::new(disk, image_id, args.name.clone());
-    let producer = Producer::connect(&amqp_url, Topology::new(args.amqp.topology())).await?;
+    let amqp_ca = args.amqp.ca_pem()?;
+    let producer = Producer::connect_with_ca(
+        &amqp_url,
+        Topology::new(args.amqp.topology()),
+        amqp_ca.as_deref(),
+    )
+    .await?;
     println!("job {} image {}", request.unique_id, image_id);
     if !args.wait {
         producer.cast(&request).await?;
@@ -293,7 +299,13 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
     use snapq_producer::jobs::{self, ReplayMode};
 
     let amqp_url = args.amqp.resolve()?;
-    let producer = Producer::connect(&amqp_url, Topology::new(args.amqp.topology())).await?;
+    let amqp_ca = args.amqp.ca_pem()?;
+    let producer = Producer::connect_with_ca(
+        &amqp_url,
+        Topology::new(args.amqp.topology()),
+        amqp_ca.as_deref(),
+    )
+    .await?;
     let (channel, topology) = (producer.channel().clone(), producer.topology().clone());
     let mut parked = jobs::take_all(&channel, &topology).await?;
     let outcome = async {

@@ -217,6 +217,7 @@ pub mod worker_harness {
     pub fn glance_client(url: &str) -> GlanceClient {
         GlanceClient::new(GlanceConfig {
             url: url.to_string(),
+            ca_file: None,
             token: None,
             keystone: None,
             request_timeout: Duration::from_secs(30),
@@ -291,6 +292,7 @@ pub mod worker_harness {
             let settings = WorkerSettings {
                 role,
                 amqp_url: services.amqp_url.clone(),
+                amqp_ca: None,
                 topology: topology.clone(),
                 cluster,
                 image_pool,

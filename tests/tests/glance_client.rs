@@ -16,6 +16,7 @@ const POLL: Duration = Duration::from_millis(200);
 fn client_for(url: String, location_api: LocationApi) -> GlanceClient {
     GlanceClient::new(GlanceConfig {
         url,
+        ca_file: None,
         token: None,
         keystone: None,
         request_timeout: Duration::from_secs(30),

@@ -28,6 +28,7 @@ fn password(user: &str, password: &str, project: &str) -> KeystoneConfig {
             project_domain_name: "Default".into(),
         },
         request_timeout: Duration::from_secs(30),
+        ca_file: None,
     }
 }
 
@@ -56,6 +57,7 @@ async fn glance_of(session: &KeystoneSession) -> GlanceClient {
         token: None,
         keystone: Some(session.clone()),
         request_timeout: Duration::from_secs(30),
+        ca_file: None,
         location_api: LocationApi::Auto,
     })
     .expect("a Glance client")
@@ -149,6 +151,7 @@ async fn application_credential_authenticates_with_snapqs_roles() {
             secret: ks("SNAPQ_KEYSTONE_APP_CRED_SECRET"),
         },
         request_timeout: Duration::from_secs(30),
+        ca_file: None,
     };
     let snapq = session(config).await;
     assert!(snapq.roles().await.iter().any(|r| r == "service"));
@@ -171,6 +174,7 @@ async fn application_credential_authenticates_with_snapqs_roles() {
             secret: "not-the-secret".into(),
         },
         request_timeout: Duration::from_secs(30),
+        ca_file: None,
     };
     let err = KeystoneSession::connect(by_name)
         .await

@@ -557,6 +557,7 @@ impl Batch {
         // is reported and left, not waited for.
         let glance = GlanceClient::new(GlanceConfig {
             url: self.services.glance_url.clone(),
+            ca_file: None,
             token: None,
             keystone: None,
             request_timeout: Duration::from_secs(10),

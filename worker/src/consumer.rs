@@ -79,7 +79,12 @@ async fn consume(
     jobs: &mut JoinSet<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let connection = amqp::connect(&settings.amqp_url, &settings.name).await?;
+    let connection = amqp::connect_with_ca(
+        &settings.amqp_url,
+        &settings.name,
+        settings.amqp_ca.as_deref(),
+    )
+    .await?;
     let channel = amqp::open_confirmed_channel(&connection).await?;
     amqp::declare_topology(&channel, &settings.topology).await?;
     if settings.notifications.enabled {

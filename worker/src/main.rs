@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     // Secrets first: a refused setting must not wait for Ceph.
     let amqp_url = args.amqp.resolve()?;
+    let amqp_ca = args.amqp.ca_pem()?;
     args.glance.config()?;
     if !snapq_common::rbd::return_large_frees_to_the_os() {
         tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");
@@ -143,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = WorkerSettings {
         role: args.role,
         amqp_url,
+        amqp_ca,
         topology: Topology::new(args.amqp.topology()),
         cluster,
         image_pool,

@@ -71,6 +71,8 @@ impl NotificationSettings {
 pub struct WorkerSettings {
     pub role: Role,
     pub amqp_url: String,
+    /// CA certificates (PEM) to trust for an `amqps://` broker, beside the system's.
+    pub amqp_ca: Option<String>,
     pub topology: Topology,
     pub cluster: Cluster,
     pub image_pool: Pool,

@@ -5,7 +5,7 @@ mod error;
 mod publish;
 mod topology;
 
-pub use connection::{connect, open_confirmed_channel};
+pub use connection::{connect, connect_with_ca, open_confirmed_channel};
 pub use error::{redact_url, AmqpError};
 pub use publish::{oslo_properties, publish_confirmed};
 pub use topology::{

@@ -62,7 +62,17 @@ impl GlanceClient {
             value.set_sensitive(true);
             headers.insert("x-auth-token", value);
         }
-        let http = reqwest::Client::builder()
+        crate::tls::install_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let roots = crate::tls::reqwest_roots("--glance-ca-file (SNAPQ_GLANCE_CA_FILE)", path)
+                .map_err(|e| GlanceError::InvalidConfig {
+                    field: "ca_file",
+                    reason: e.to_string(),
+                })?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(config.request_timeout)
             // Glance under uWSGI (`http-socket`) closes every connection after one response
@@ -300,7 +310,12 @@ impl GlanceClient {
                 Ok((reply, used))
             }
             Err(e) => {
-                let detail = transport_detail(&e, timeout);
+                // Which endpoint, for errors such as an untrusted certificate.
+                let detail = format!(
+                    "{} (at {})",
+                    transport_detail(&e, timeout),
+                    self.inner.base_url
+                );
                 tracing::debug!(method = name, path, error = %detail, elapsed_ms, "glance request failed");
                 Err(GlanceError::Transport {
                     method: name,

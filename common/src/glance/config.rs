@@ -9,9 +9,10 @@ use super::location::LocationApi;
 /// Where Glance is and how to talk to it.
 #[derive(Clone)]
 pub struct GlanceConfig {
-    /// Image API endpoint without the version, e.g. `http://glance:9292`. Plain `http` only:
-    /// this build has no TLS (put a TLS-terminating proxy in front if needed).
+    /// Image API endpoint without the version, e.g. `https://glance:9292`.
     pub url: String,
+    /// A PEM file of CA certificates to trust for an `https` Glance, beside the system's.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Sent as `X-Auth-Token`; never logged or put in errors. Registering an `rbd://` location
     /// through the new API needs the `service` role.
     pub token: Option<String>,
@@ -41,13 +42,7 @@ impl GlanceConfig {
             return Err(credentials());
         }
         match parsed.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(format!(
-                    "'{base}': this build has no TLS support; use http:// (e.g. behind a \
-                     TLS-terminating proxy)"
-                )))
-            }
+            "http" | "https" => {}
             other => return Err(invalid(format!("'{base}': unsupported scheme '{other}'"))),
         }
         if parsed.host().is_none() {
@@ -93,6 +88,7 @@ mod tests {
     fn config(url: &str) -> GlanceConfig {
         GlanceConfig {
             url: url.to_string(),
+            ca_file: None,
             token: Some("s3cret-token".to_string()),
             keystone: None,
             request_timeout: Duration::from_secs(10),
@@ -109,13 +105,12 @@ mod tests {
     }
 
     #[test]
-    fn rejects_https_garbage_credentials_and_zero_timeout() {
-        for url in [
-            "https://glance",
-            "glance:9292",
-            "ftp://glance",
-            "http://u:p@glance",
-        ] {
+    fn accepts_https_and_rejects_garbage_credentials_and_zero_timeout() {
+        assert_eq!(
+            config("https://glance/").validated_base_url().unwrap(),
+            "https://glance"
+        );
+        for url in ["glance:9292", "ftp://glance", "http://u:p@glance"] {
             let err = config(url).validated_base_url().unwrap_err();
             assert!(
                 matches!(err, GlanceError::InvalidConfig { field: "url", .. }),

@@ -11,6 +11,7 @@ use super::{GlanceConfig, LocationApi};
 pub(super) fn config(url: String, token: Option<&str>, location_api: LocationApi) -> GlanceConfig {
     GlanceConfig {
         url,
+        ca_file: None,
         token: token.map(str::to_string),
         keystone: None,
         request_timeout: Duration::from_secs(5),

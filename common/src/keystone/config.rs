@@ -15,6 +15,8 @@ pub struct KeystoneConfig {
     pub credentials: Credentials,
     /// Deadline for each Keystone request.
     pub request_timeout: Duration,
+    /// A PEM file of CA certificates to trust for an `https` Keystone, beside the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// snapq's identity, as `clouds.yaml`'s `password` and `v3applicationcredential` auth types
@@ -249,6 +251,7 @@ mod tests {
             auth_url: "http://ks:5000/v3/".into(),
             credentials: password(),
             request_timeout: Duration::from_secs(5),
+            ca_file: None,
         };
         assert_eq!(
             config.tokens_url().unwrap(),

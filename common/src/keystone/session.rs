@@ -66,7 +66,19 @@ impl KeystoneSession {
     pub async fn connect(config: KeystoneConfig) -> Result<KeystoneSession, KeystoneError> {
         config.credentials.validate()?;
         let tokens_url = config.tokens_url()?;
-        let http = reqwest::Client::builder()
+        crate::tls::install_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let option = "--keystone-ca-file (SNAPQ_KEYSTONE_CA_FILE)";
+            let roots = crate::tls::reqwest_roots(option, path).map_err(|e| {
+                KeystoneError::InvalidConfig {
+                    option,
+                    reason: e.to_string(),
+                }
+            })?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let http = builder
             .connect_timeout(config.request_timeout)
             .timeout(config.request_timeout)
             .build()

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::config::GlanceConfig;
 use super::error::{glance_message, GlanceError};
 use super::image::{ImageRecord, NewImage, TaskLookup, TaskRecord};
-use super::location::{DetectedApi, LocationApi};
+use super::location_api::{DetectedApi, LocationApi};
 use crate::keystone::KeystoneSession;
 
 /// A Glance Image API v2 client. Cheap to clone: clones share the HTTP client and the

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::error::GlanceError;
-use super::location::LocationApi;
+use super::location_api::LocationApi;
 
 /// Where Glance is and how to talk to it.
 #[derive(Clone)]

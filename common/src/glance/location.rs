@@ -1,8 +1,6 @@
 //! Registering data already in Glance's pool as an image's location, through the new location
 //! API (Image API 2.17+) or the legacy `PATCH`, with the choice made once per client.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -10,50 +8,10 @@ use uuid::Uuid;
 
 use super::client::{decode, GlanceClient};
 use super::error::GlanceError;
-
-/// Which call registers a location.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocationApi {
-    /// The new API if `GET /versions` lists v2.17 or later (asked once per client), else the
-    /// legacy one; also falls back to the legacy one if the new call answers 404, 405 or 501.
-    Auto,
-    /// `POST /v2/images/{id}/locations` (asynchronous: follow with `wait_active`). Needs the
-    /// `service` role for `rbd://` URLs.
-    New,
-    /// `PATCH /v2/images/{id}` adding to `/locations` (synchronous). Needs
-    /// `show_multiple_locations = True` in Glance, else 403.
-    Legacy,
-}
+use super::location_api::LocationApi;
 
 /// First Image API minor version with `POST /v2/images/{id}/locations`.
 const NEW_API_MINOR: u32 = 17;
-
-/// The API that `Auto` settled on, shared by a client's clones.
-#[derive(Debug, Default)]
-pub(super) struct DetectedApi(AtomicU8);
-
-const UNKNOWN: u8 = 0;
-const NEW: u8 = 1;
-const LEGACY: u8 = 2;
-
-impl DetectedApi {
-    fn get(&self) -> Option<LocationApi> {
-        match self.0.load(Ordering::Relaxed) {
-            NEW => Some(LocationApi::New),
-            LEGACY => Some(LocationApi::Legacy),
-            _ => None,
-        }
-    }
-
-    fn set(&self, api: LocationApi) {
-        let value = match api {
-            LocationApi::New => NEW,
-            LocationApi::Legacy => LEGACY,
-            LocationApi::Auto => UNKNOWN,
-        };
-        self.0.store(value, Ordering::Relaxed);
-    }
-}
 
 #[derive(Deserialize)]
 struct Versions {
@@ -165,6 +123,7 @@ impl GlanceClient {
 mod tests {
     use super::*;
     use crate::glance::fake_server::{answering, config};
+    use crate::glance::location_api::DetectedApi;
 
     #[test]
     fn detects_new_api_in_unsorted_version_list() {

@@ -19,10 +19,11 @@ mod error;
 mod fake_server;
 mod image;
 mod location;
+mod location_api;
 mod wait;
 
 pub use client::GlanceClient;
 pub use config::GlanceConfig;
 pub use error::GlanceError;
 pub use image::{ImageLocation, ImageRecord, NewImage, TaskLookup, TaskRecord};
-pub use location::LocationApi;
+pub use location_api::LocationApi;

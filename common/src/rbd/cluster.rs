@@ -320,12 +320,12 @@ impl Pool {
 
     /// Opens an image (read-write) at its head.
     pub fn open(&self, name: &str) -> Result<Image, RbdError> {
-        Image::open(self, name, None, false)
+        Image::open(&self.io(), self.name(), name, None, false)
     }
 
     /// Opens an image read-only, at `snap` or at its head.
     pub fn open_read_only(&self, name: &str, snap: Option<&str>) -> Result<Image, RbdError> {
-        Image::open(self, name, snap, true)
+        Image::open(&self.io(), self.name(), name, snap, true)
     }
 
     /// Whether the image exists (opening it read-only to find out).

@@ -1,8 +1,9 @@
 //! An open RBD image and the operations snapq performs on it.
 
-use super::cluster::Pool;
+use std::sync::Arc;
+
 use super::error::RbdError;
-use super::ffi::{self, RawImage};
+use super::ffi::{self, IoCtx, RawImage};
 
 /// Where a clone comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct SnapshotInfo {
 }
 
 /// An open image. All calls block; run them off the async runtime. It keeps its pool and
-/// connection alive: dropping every [`Pool`] and [`super::Cluster`] it came from leaves it
+/// connection alive: dropping every [`super::Pool`] and [`super::Cluster`] it came from leaves it
 /// usable, and the connection closes only after the image does.
 pub struct Image {
     raw: RawImage,
@@ -46,17 +47,19 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
+    /// Opens `name` (at `snap`) through `io`, the I/O context of the pool `pool_name`.
     pub(crate) fn open(
-        pool: &Pool,
+        io: &Arc<IoCtx>,
+        pool_name: &str,
         name: &str,
         snap: Option<&str>,
         read_only: bool,
     ) -> Result<Image, RbdError> {
         let spec = match snap {
-            Some(snap) => format!("{}/{}@{}", pool.name(), name, snap),
-            None => format!("{}/{}", pool.name(), name),
+            Some(snap) => format!("{pool_name}/{name}@{snap}"),
+            None => format!("{pool_name}/{name}"),
         };
-        let raw = RawImage::open(&pool.io(), name, snap, read_only)
+        let raw = RawImage::open(io, name, snap, read_only)
             .map_err(|e| RbdError::new("open", spec.clone(), e))?;
         Ok(Image { raw, spec })
     }

@@ -76,6 +76,7 @@ def main():
     parser.add_argument("--kwargs", default="{}", help="the method's arguments, a JSON object")
     parser.add_argument("--context", default="{}", help="the request context, a JSON object")
     parser.add_argument("--cast", action="store_true", help="cast instead of call")
+    parser.add_argument("--server", default=None, help="aim at topic.<server> (prepare(server=...))")
     parser.add_argument(
         "--allowed-exmods",
         default="",
@@ -101,6 +102,8 @@ def main():
     transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url, allowed_remote_exmods=allowed)
     target = oslo_messaging.Target(topic=args.topic, version=args.version or None)
     client = oslo_messaging.get_rpc_client(transport, target, timeout=args.timeout)
+    if args.server:
+        client = client.prepare(server=args.server)
 
     out = {"reply_q": None}
     setup_started = time.monotonic()

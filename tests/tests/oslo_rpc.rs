@@ -48,6 +48,8 @@ struct OsloRequest<'a> {
     context: Value,
     cast: bool,
     allowed_exmods: &'a [&'a str],
+    /// Aim at `topic.<server>`, as `client.prepare(server=...)` does.
+    server: Option<&'a str>,
 }
 
 impl<'a> OsloRequest<'a> {
@@ -62,6 +64,7 @@ impl<'a> OsloRequest<'a> {
             context: context_of(DEV_PROJECT),
             cast: false,
             allowed_exmods: &ALLOWED_EXMODS,
+            server: None,
         }
     }
 }
@@ -124,6 +127,9 @@ async fn oslo(label: &str, request: &OsloRequest<'_>) -> OsloOutcome {
         .kill_on_drop(true);
     if request.cast {
         command.arg("--cast");
+    }
+    if let Some(server) = request.server {
+        command.args(["--server", server]);
     }
     let output = tokio::time::timeout(
         Duration::from_secs_f64(request.timeout_seconds + 60.0),
@@ -925,6 +931,41 @@ async fn oslo_cast_of_a_real_disk_makes_the_image_active() {
     );
     // The job's last checkpoint may still be acknowledged as Glance turns active.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    for queue in world.topology.all_queues() {
+        assert_eq!(rabbit::depth(queue).await, 0, "queue {queue} is empty");
+    }
+    world.delete_image(image.id).await;
+    world.remove_disk(&world.vms, &disk).await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn oslo_call_to_topic_server_is_answered_by_a_worker() {
+    // oslo's `client.prepare(server=...)` publishes to `<topic>.<server>`; snapq's workers are
+    // interchangeable, and the work queue takes every server's routing key.
+    let world = World::start("oslo-server").await;
+    let disk = nova_disk_name();
+    make_disk(&world.vms, &disk, 16 * MIB, 1).await;
+    let image = world.queued_image("oslo-server").await;
+    let mut request = OsloRequest::call(
+        world.topic(),
+        "snapshot_instance",
+        json!({
+            "disk": format!("{}/{disk}", world.services.nova_pool),
+            "image_id": image.id.to_string(),
+            "image_name": "oslo-server",
+        }),
+    );
+    request.timeout_seconds = SNAPSHOT_TIMEOUT_SECONDS;
+    request.server = Some("compute-7");
+    let outcome = oslo("call to topic.server", &request).await;
+    assert!(
+        outcome.ok(),
+        "the call to topic.server failed: {} {}",
+        outcome.exc_type(),
+        outcome.value()
+    );
+    assert_eq!(outcome.result()["status"], "active");
     for queue in world.topology.all_queues() {
         assert_eq!(rabbit::depth(queue).await, 0, "queue {queue} is empty");
     }

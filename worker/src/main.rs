@@ -117,6 +117,18 @@ async fn main() -> anyhow::Result<()> {
     // Secrets first: a refused setting must not wait for Ceph.
     let amqp_url = args.amqp.resolve()?;
     let amqp_ca = args.amqp.ca_pem()?;
+    // `<topic>.<word>` routes to the work queue (oslo's topic.server), so `<topic>.info`
+    // notifications would come back in as requests.
+    if args
+        .notification_topics
+        .iter()
+        .any(|t| t.trim() == args.amqp.topic)
+    {
+        anyhow::bail!(
+            "--notification-topics (SNAPQ_NOTIFICATION_TOPICS) must not contain snapq's own topic '{}' (--topic): its notifications would be routed to the work queue",
+            args.amqp.topic
+        );
+    }
     args.glance.config()?;
     if !snapq_common::rbd::return_large_frees_to_the_os() {
         tracing::warn!("the allocator refused a fixed mmap threshold; memory may stay higher");

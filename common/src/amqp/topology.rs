@@ -425,6 +425,22 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
             )
             .await
             .map_err(AmqpError::broker(op))?;
+        if queue.role == QueueRole::Work {
+            // oslo's `topic.server` target (`client.prepare(server=...)`): snapq's workers
+            // are interchangeable and any job resumes on any of them, so a call aimed at one
+            // server is served by whichever worker takes it from the shared work queue.
+            let per_server = format!("{}.*", topology.request_routing_key);
+            channel
+                .queue_bind(
+                    queue.name.as_str().into(),
+                    exchange.as_str().into(),
+                    per_server.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(AmqpError::broker("bind work queue for topic.server"))?;
+        }
     }
     Ok(())
 }

@@ -407,12 +407,13 @@ impl KeystoneArgs {
         let app_cred = non_empty(self.application_credential_id.as_deref()).is_some()
             || non_empty(self.application_credential_name.as_deref()).is_some();
         let credentials = if app_cred {
-            let secret = secret_from(
-                "the application credential secret",
-                KEYSTONE_APP_CRED_SECRET_ENV,
-                "--keystone-application-credential-secret-file/SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET_FILE",
-                self.application_credential_secret_file.as_deref(),
-            )?
+            let secret = SecretSource {
+                what: "the application credential secret",
+                env: KEYSTONE_APP_CRED_SECRET_ENV,
+                file_flag: "--keystone-application-credential-secret-file",
+                file_sources: "--keystone-application-credential-secret-file/SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET_FILE",
+            }
+            .read_env_or(self.application_credential_secret_file.as_deref())?
             .ok_or(ConfigError::Missing {
                 what: "the application credential secret",
                 hint: "set SNAPQ_KEYSTONE_APPLICATION_CREDENTIAL_SECRET or --keystone-application-credential-secret-file",
@@ -425,12 +426,13 @@ impl KeystoneArgs {
                 secret,
             }
         } else {
-            let password = secret_from(
-                "the Keystone password",
-                KEYSTONE_PASSWORD_ENV,
-                "--keystone-password-file/SNAPQ_KEYSTONE_PASSWORD_FILE",
-                self.password_file.as_deref(),
-            )?
+            let password = SecretSource {
+                what: "the Keystone password",
+                env: KEYSTONE_PASSWORD_ENV,
+                file_flag: "--keystone-password-file",
+                file_sources: "--keystone-password-file/SNAPQ_KEYSTONE_PASSWORD_FILE",
+            }
+            .read_env_or(self.password_file.as_deref())?
             .ok_or(ConfigError::Missing {
                 what: "the Keystone password",
                 hint: "set SNAPQ_KEYSTONE_PASSWORD or --keystone-password-file (or use an application credential)",
@@ -452,23 +454,37 @@ impl KeystoneArgs {
     }
 }
 
-/// A secret from the variable `env` or the file `path` (one of them, or neither).
-fn secret_from(
+/// Where one secret may come from: a variable or a file named by a flag, at most one.
+struct SecretSource {
     what: &'static str,
     env: &'static str,
-    file_option: &'static str,
-    path: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    let from_env = env_secret(env)?;
-    match (non_empty(from_env.as_deref()), non_empty_path(path)) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict {
-            what,
-            first: env,
-            second: file_option,
-        }),
-        (Some(value), None) => Ok(Some(value.to_string())),
-        (None, Some(path)) => Ok(Some(read_secret_file(file_option, path)?)),
-        (None, None) => Ok(None),
+    file_flag: &'static str,
+    /// The flag and its variable, as a conflict names them.
+    file_sources: &'static str,
+}
+
+impl SecretSource {
+    /// The secret from the variable's value `from_env` or the file `path`, or None.
+    fn read(
+        &self,
+        from_env: Option<&str>,
+        path: Option<&Path>,
+    ) -> Result<Option<String>, ConfigError> {
+        match (non_empty(from_env), non_empty_path(path)) {
+            (Some(_), Some(_)) => Err(ConfigError::Conflict {
+                what: self.what,
+                first: self.env,
+                second: self.file_sources,
+            }),
+            (Some(value), None) => Ok(Some(value.to_string())),
+            (None, Some(path)) => Ok(Some(read_secret_file(self.file_flag, path)?)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// [`SecretSource::read`] with the variable read from the environment.
+    fn read_env_or(&self, path: Option<&Path>) -> Result<Option<String>, ConfigError> {
+        self.read(env_secret(self.env)?.as_deref(), path)
     }
 }
 
@@ -491,21 +507,13 @@ impl GlanceArgs {
 
     /// [`GlanceArgs::config`] with the value of `SNAPQ_GLANCE_TOKEN` given.
     fn config_with(&self, token_from_env: Option<&str>) -> Result<GlanceConfig, ConfigError> {
-        let token = match (
-            non_empty(token_from_env),
-            non_empty_path(self.token_file.as_deref()),
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    what: "the Glance token",
-                    first: GLANCE_TOKEN_ENV,
-                    second: "--glance-token-file/SNAPQ_GLANCE_TOKEN_FILE",
-                })
-            }
-            (Some(token), None) => Some(token.to_string()),
-            (None, Some(path)) => Some(read_secret_file("--glance-token-file", path)?),
-            (None, None) => None,
-        };
+        let token = SecretSource {
+            what: "the Glance token",
+            env: GLANCE_TOKEN_ENV,
+            file_flag: "--glance-token-file",
+            file_sources: "--glance-token-file/SNAPQ_GLANCE_TOKEN_FILE",
+        }
+        .read(token_from_env, self.token_file.as_deref())?;
         Ok(GlanceConfig {
             url: self.url.clone().unwrap_or_default(),
             ca_file: self.ca_file.clone(),

@@ -86,6 +86,30 @@ fn spawn_dead_letter(topology: &Topology) -> WorkerProcess {
     WorkerProcess::spawn_with(topology, "dead-letter", &env)
 }
 
+/// `count` workers (with `extra_env` on top of [`WORKER_ENV`]) and a dead-letter worker, all
+/// consuming.
+async fn start_workers(
+    topology: &Topology,
+    count: usize,
+    extra_env: &[(&str, &str)],
+) -> (Vec<WorkerProcess>, WorkerProcess) {
+    let env: Vec<(&str, &str)> = WORKER_ENV.iter().chain(extra_env).copied().collect();
+    let pool: Vec<WorkerProcess> = (0..count)
+        .map(|i| WorkerProcess::spawn_with(topology, &format!("w{i}"), &env))
+        .collect();
+    let dead_letter = spawn_dead_letter(topology);
+    wait_consuming(&pool.iter().chain([&dead_letter]).collect::<Vec<_>>()).await;
+    (pool, dead_letter)
+}
+
+/// SIGTERM to every worker; each must stop cleanly.
+async fn stop_workers(pool: &mut [WorkerProcess], dead_letter: &mut WorkerProcess) {
+    for worker in pool {
+        terminate(worker).await;
+    }
+    terminate(dead_letter).await;
+}
+
 /// Waits until each worker consumes its queue.
 async fn wait_consuming(workers: &[&WorkerProcess]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -855,12 +879,19 @@ fn lost_imports(workers: &[WorkerProcess]) -> BTreeSet<Uuid> {
     workers
         .iter()
         .flat_map(|w| {
-            w.log_text()
-                .lines()
-                .filter(|l| l.contains("Glance lost the import; making the image by a full copy"))
-                .filter_map(|l| field(l, "image_id=").and_then(|id| id.parse().ok()))
-                .collect::<Vec<Uuid>>()
+            images_logged(
+                &w.log_text(),
+                "Glance lost the import; making the image by a full copy",
+            )
         })
+        .collect()
+}
+
+/// The images (`image_id=` of the job span) of the lines of `log` containing `marker`.
+fn images_logged(log: &str, marker: &str) -> BTreeSet<Uuid> {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| field(l, "image_id=").and_then(|id| id.parse().ok()))
         .collect()
 }
 
@@ -869,11 +900,7 @@ fn lost_imports(workers: &[WorkerProcess]) -> BTreeSet<Uuid> {
 fn assert_only_copies(dead_letter: &WorkerProcess, copied: &BTreeSet<Uuid>) {
     let log = dead_letter.log_text();
     assert!(!log.contains("parking"), "a job was parked: {log}");
-    let fell_back: BTreeSet<Uuid> = log
-        .lines()
-        .filter(|l| l.contains("falling back to a full copy"))
-        .filter_map(|l| field(l, "image_id=").and_then(|id| id.parse().ok()))
-        .collect();
+    let fell_back = images_logged(&log, "falling back to a full copy");
     assert_eq!(
         &fell_back, copied,
         "images copied by the dead-letter worker, against imports found lost: {log}"
@@ -882,19 +909,12 @@ fn assert_only_copies(dead_letter: &WorkerProcess, copied: &BTreeSet<Uuid>) {
 
 /// A batch of N jobs against `workers` workers, no faults.
 async fn batch_without_fallbacks(mut batch: Batch, workers: usize) {
-    let mut pool: Vec<WorkerProcess> = (0..workers)
-        .map(|i| spawn_worker(&batch.topology, &format!("w{i}")))
-        .collect();
-    let mut dead_letter = spawn_dead_letter(&batch.topology);
-    wait_consuming(&pool.iter().chain([&dead_letter]).collect::<Vec<_>>()).await;
+    let (mut pool, mut dead_letter) = start_workers(&batch.topology, workers, &[]).await;
 
     batch.publish_all().await;
     let elapsed = batch.wait_answered().await;
     batch.wait_queues_quiet().await;
-    for worker in &mut pool {
-        terminate(worker).await;
-    }
-    terminate(&mut dead_letter).await;
+    stop_workers(&mut pool, &mut dead_letter).await;
     let replies = batch.replies().await;
     batch.print_throughput(workers, elapsed, &replies);
 
@@ -971,11 +991,7 @@ async fn kill_9_of_a_worker_mid_batch_loses_and_leaks_nothing() {
 }
 
 async fn kill_9_mid_batch(mut batch: Batch) {
-    let mut pool: Vec<WorkerProcess> = (0..2)
-        .map(|i| spawn_worker(&batch.topology, &format!("w{i}")))
-        .collect();
-    let mut dead_letter = spawn_dead_letter(&batch.topology);
-    wait_consuming(&pool.iter().chain([&dead_letter]).collect::<Vec<_>>()).await;
+    let (mut pool, mut dead_letter) = start_workers(&batch.topology, 2, &[]).await;
 
     let mut random = Random::new();
     batch.publish_all().await;
@@ -1027,10 +1043,7 @@ async fn kill_9_mid_batch(mut batch: Batch) {
 
     let elapsed = batch.wait_answered().await;
     batch.wait_queues_quiet().await;
-    for worker in &mut pool {
-        terminate(worker).await;
-    }
-    terminate(&mut dead_letter).await;
+    stop_workers(&mut pool, &mut dead_letter).await;
     let replies = batch.replies().await;
     batch.print_throughput(2, elapsed, &replies);
 
@@ -1128,11 +1141,7 @@ async fn rabbitmq_restart_mid_batch_loses_nothing() {
 }
 
 async fn broker_restart_mid_batch(mut batch: Batch) {
-    let mut pool: Vec<WorkerProcess> = (0..2)
-        .map(|i| spawn_worker(&batch.topology, &format!("w{i}")))
-        .collect();
-    let mut dead_letter = spawn_dead_letter(&batch.topology);
-    wait_consuming(&pool.iter().chain([&dead_letter]).collect::<Vec<_>>()).await;
+    let (mut pool, mut dead_letter) = start_workers(&batch.topology, 2, &[]).await;
 
     batch.publish_all().await;
     wait_some_answered(&batch, 2, Duration::from_secs(60)).await;
@@ -1148,10 +1157,7 @@ async fn broker_restart_mid_batch(mut batch: Batch) {
 
     let elapsed = batch.wait_answered().await;
     batch.wait_queues_quiet().await;
-    for worker in &mut pool {
-        terminate(worker).await;
-    }
-    terminate(&mut dead_letter).await;
+    stop_workers(&mut pool, &mut dead_letter).await;
     let replies = batch.replies().await;
     batch.print_throughput(2, elapsed, &replies);
     for worker in &pool {
@@ -1188,13 +1194,8 @@ async fn glance_restart_mid_batch_makes_jobs_wait_and_copies_only_lost_imports()
 async fn glance_outage_mid_batch(mut batch: Batch) {
     // A lost import is proven by a later task running 10 s ahead of it (120 s in production),
     // shortened like the lease.
-    let mut env = WORKER_ENV.to_vec();
-    env.push(("SNAPQ_LOST_IMPORT_AFTER", "10"));
-    let mut pool: Vec<WorkerProcess> = (0..2)
-        .map(|i| WorkerProcess::spawn_with(&batch.topology, &format!("w{i}"), &env))
-        .collect();
-    let mut dead_letter = spawn_dead_letter(&batch.topology);
-    wait_consuming(&pool.iter().chain([&dead_letter]).collect::<Vec<_>>()).await;
+    let (mut pool, mut dead_letter) =
+        start_workers(&batch.topology, 2, &[("SNAPQ_LOST_IMPORT_AFTER", "10")]).await;
 
     batch.publish_all().await;
     wait_some_answered(&batch, 2, Duration::from_secs(60)).await;
@@ -1211,10 +1212,7 @@ async fn glance_outage_mid_batch(mut batch: Batch) {
 
     let elapsed = batch.wait_answered().await;
     batch.wait_queues_quiet().await;
-    for worker in &mut pool {
-        terminate(worker).await;
-    }
-    terminate(&mut dead_letter).await;
+    stop_workers(&mut pool, &mut dead_letter).await;
     let replies = batch.replies().await;
     batch.print_throughput(2, elapsed, &replies);
     let retried = pool

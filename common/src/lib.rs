@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod cloud;
+pub mod conffile;
 pub mod config;
 pub mod glance;
 pub mod job;

@@ -70,6 +70,10 @@ enum JobsAction {
         /// Pool holding the workers' lease objects (as `snapq-worker --lease-pool`).
         #[arg(long, env = "SNAPQ_LEASE_POOL", default_value = "vms")]
         lease_pool: String,
+        /// The workers' source policy (as `snapq-worker`): Ceph is not touched for a parked
+        /// request naming a disk it forbids.
+        #[command(flatten)]
+        policy: snapq_worker::policy::PolicyArgs,
     },
 }
 
@@ -381,7 +385,7 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     bail!("{refused} job(s) could not be replayed");
                 }
             }
-            JobsAction::Purge { id, glance, lease_pool } => {
+            JobsAction::Purge { id, glance, lease_pool, policy } => {
                 let index = parked.iter().position(|j| &j.id() == id).ok_or_else(|| anyhow::anyhow!("no parked job {id}"))?;
                 if let Some(request) = parked[index].request.clone() {
                     let cluster = snapq_common::rbd::connect(args.ceph.config(), Duration::from_secs(args.ceph.connect_timeout_secs)).await?;
@@ -389,9 +393,16 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                         image_pool: cluster.pool(&args.ceph.glance_pool)?,
                         lease_pool: cluster.pool(lease_pool)?,
                         glance: glance_client(glance).await?,
+                        policy: policy.policy(&args.ceph.glance_pool)?,
                         cluster,
                     };
-                    let remaining = snapq_worker::purge::remove_remains(&target, &request, id).await?;
+                    let remaining = match snapq_worker::purge::remove_remains(&target, &request, id).await {
+                        Err(snapq_worker::purge::PurgeError::NotAllowed(refusal)) => {
+                            eprintln!("{id}: {refusal}; nothing in Ceph is touched for it");
+                            Vec::new()
+                        }
+                        other => other?,
+                    };
                     for spec in &remaining {
                         println!("{id}: kept {spec}: Glance uses it (or could not be asked)");
                     }

@@ -644,3 +644,237 @@ async fn a_request_in_the_images_own_project_is_served() {
     remove_disk(&f.vms, &disk).await;
     f.finish().await;
 }
+
+/// The value of xattr `name` on the lease object of `image_id` in `pool`, if any.
+async fn lease_xattr(pool: &Pool, image_id: Uuid, name: &str) -> Option<String> {
+    let (pool, object, name) = (
+        pool.clone(),
+        snapq_worker::lease::lease_object(image_id),
+        name.to_string(),
+    );
+    run_blocking(move || pool.xattr(&object, &name))
+        .await
+        .expect("read the lease object's xattr")
+        .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// Publishes `request` to the dead-letter queue as a job sent to the full copy, the way a
+/// replay (`snapq jobs replay --fallback`) or anyone on the bus can.
+async fn publish_for_full_copy(topology: &snapq_common::amqp::Topology, request: &SnapshotRequest) {
+    let (_connection, channel) = rabbit::channel().await;
+    let state = snapq_common::job::JobState {
+        reason: Some("fallback".into()),
+        ..snapq_common::job::JobState::fresh()
+    };
+    snapq_common::amqp::publish_confirmed(
+        &channel,
+        &topology.dead_letter_exchange,
+        &topology.dead_letter_routing_key,
+        &request.encode(),
+        snapq_common::amqp::oslo_properties().with_headers(state.to_headers()),
+    )
+    .await
+    .expect("publish to the dead-letter exchange");
+}
+
+/// The race window of two disks for one image: a job has claimed the image (between two of
+/// its steps, its lease object holds the claim and its progress, the lock is free) when a
+/// request for the same image from another disk comes, to the work queue and as a full copy
+/// to the dead-letter queue. Both are refused, the `call` at once, and neither disturbs the
+/// first job: its claim, progress and snapshot stay, and it then completes with its disk's
+/// data.
+#[tokio::test]
+async fn a_claim_by_another_disk_is_refused_on_both_queues_and_the_first_job_completes() {
+    let f = Fixture::new("prov-claim").await;
+    let dead_letter = RunningWorker::start_as(
+        f.worker.topology.clone(),
+        "nova",
+        snapq_worker::Role::DeadLetter,
+    )
+    .await;
+    let (first, second) = (f.disk().await, f.disk().await);
+    let image = f
+        .glance
+        .create_image(&NewImage::raw("prov-claim"))
+        .await
+        .expect("image");
+    let first_spec = format!("{}/{first}", f.services.nova_pool);
+    // The first job took the lease, claimed the image and made its snapshot; its next step
+    // waits in a queue.
+    let lease = snapq_worker::lease::JobLease::acquire(
+        &f.vms,
+        image.id,
+        ("first-job", &first_spec),
+        "provenance-test",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("take the first job's lease: {e:?}"));
+    assert_eq!(
+        lease.claim().await.expect("claim"),
+        snapq_worker::lease::Claim::Ours
+    );
+    let (vms, disk, snap) = (f.vms.clone(), first.clone(), format!("snapq-{}", image.id));
+    run_blocking(move || vms.open(&disk)?.create_snap(&snap))
+        .await
+        .expect("the first job's snapshot");
+    lease
+        .release(snapq_worker::lease::Release::After(
+            snapq_common::job::Step::SnapshotSource,
+        ))
+        .await;
+    let claim_before = lease_xattr(&f.vms, image.id, "snapq.claim").await;
+    let progress_before = lease_xattr(&f.vms, image.id, "snapq.progress").await;
+    assert_eq!(claim_before.as_deref(), Some(first_spec.as_str()));
+    assert!(progress_before.is_some());
+
+    let failure = refused(
+        &f.producer,
+        request_for(&f.services.nova_pool, &second, image.id),
+    )
+    .await;
+    assert!(
+        failure.message.contains(&first_spec) && failure.message.contains("another snapq job"),
+        "{}",
+        failure.message
+    );
+    let parked = rabbit::get_one(&f.worker.topology.parked_queue, Duration::from_secs(30))
+        .await
+        .expect("the refused call's job was parked");
+    assert_eq!(
+        rabbit::job_state(&parked).reason.as_deref(),
+        Some("refused")
+    );
+    publish_for_full_copy(
+        &f.worker.topology,
+        &request_for(&f.services.nova_pool, &second, image.id),
+    )
+    .await;
+    let parked = rabbit::get_one(&f.worker.topology.parked_queue, Duration::from_secs(30))
+        .await
+        .expect("the full copy for the other disk was parked");
+    let state = rabbit::job_state(&parked);
+    assert_eq!(state.reason.as_deref(), Some("refused"));
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("another snapq job")),
+        "{:?}",
+        state.last_error
+    );
+    assert_eq!(
+        lease_xattr(&f.vms, image.id, "snapq.claim").await,
+        claim_before
+    );
+    assert_eq!(
+        lease_xattr(&f.vms, image.id, "snapq.progress").await,
+        progress_before
+    );
+    assert_eq!(
+        disk_snapshots(&f.vms, &first).await,
+        vec![format!("snapq-{}", image.id)]
+    );
+    assert!(disk_snapshots(&f.vms, &second).await.is_empty());
+    let record = f.glance.get_image(image.id).await.expect("image");
+    assert_eq!(record.status, "queued");
+
+    // The first job (its disk) goes on and completes.
+    let reply = f
+        .producer
+        .call(
+            request_for(&f.services.nova_pool, &first, image.id),
+            CALL_TIMEOUT,
+        )
+        .await
+        .expect("a reply");
+    assert!(reply.failure.is_none(), "{:?}", reply.failure);
+    assert_eq!(
+        content_digest(&f.images, &image.id.to_string(), None).await,
+        content_digest(&f.vms, &first, None).await,
+        "the image holds the first disk's data"
+    );
+    assert!(
+        !object_exists(
+            &f.services.nova_pool,
+            &snapq_worker::lease::lease_object(image.id)
+        )
+        .await,
+        "the finished job removed its lease object"
+    );
+
+    dead_letter.stop().await;
+    f.glance.delete_image(image.id).await.expect("delete image");
+    remove_disk(&f.vms, &first).await;
+    remove_disk(&f.vms, &second).await;
+    f.finish().await;
+}
+
+/// A full copy asked for another project's image, for the very disk a live job is making it
+/// from (so its names and marks are the live job's): refused before any cleanup, so the live
+/// job's snapshot stays, and no lease object is left.
+#[tokio::test]
+async fn a_full_copy_for_another_projects_image_cleans_up_nothing() {
+    let f = Fixture::new("prov-dl-project").await;
+    let dead_letter = RunningWorker::start_as(
+        f.worker.topology.clone(),
+        "nova",
+        snapq_worker::Role::DeadLetter,
+    )
+    .await;
+    let disk = f.disk().await;
+    let image = f
+        .glance
+        .create_image(&NewImage::raw("prov-dl-project"))
+        .await
+        .expect("image");
+    // The live job's snapshot, marked by its name for this image.
+    let (vms, d, snap) = (f.vms.clone(), disk.clone(), format!("snapq-{}", image.id));
+    run_blocking(move || vms.open(&d)?.create_snap(&snap))
+        .await
+        .expect("the live job's snapshot");
+    let mut request = request_for(&f.services.nova_pool, &disk, image.id);
+    request
+        .context
+        .insert("project_id", Value::from("someone-elses-project"));
+    publish_for_full_copy(&f.worker.topology, &request).await;
+    let parked = rabbit::get_one(&f.worker.topology.parked_queue, Duration::from_secs(30))
+        .await
+        .expect("the refused full copy was parked");
+    let state = rabbit::job_state(&parked);
+    assert_eq!(state.reason.as_deref(), Some("refused"));
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not owned by the request's project")),
+        "{:?}",
+        state.last_error
+    );
+    assert_eq!(
+        disk_snapshots(&f.vms, &disk).await,
+        vec![format!("snapq-{}", image.id)],
+        "the live job's snapshot was left alone"
+    );
+    assert!(
+        !object_exists(
+            &f.services.nova_pool,
+            &snapq_worker::lease::lease_object(image.id)
+        )
+        .await,
+        "no lease object"
+    );
+    assert_eq!(
+        f.glance.get_image(image.id).await.expect("image").status,
+        "queued"
+    );
+
+    dead_letter.stop().await;
+    let (vms, d, snap) = (f.vms.clone(), disk.clone(), format!("snapq-{}", image.id));
+    run_blocking(move || vms.open(&d)?.remove_snap(&snap))
+        .await
+        .expect("remove the snapshot");
+    f.glance.delete_image(image.id).await.expect("delete image");
+    remove_disk(&f.vms, &disk).await;
+    f.finish().await;
+}

@@ -274,7 +274,7 @@ async fn snapshot_left_in_the_trash_namespace_is_found_and_removed() {
     let lease = snapq_worker::lease::JobLease::acquire(
         &vms,
         image_id,
-        "rbd-layer-test",
+        ("rbd-layer-test", "vms/rbd-layer-test-disk"),
         "rbd-layer-test",
         std::time::Duration::from_secs(30),
     )
@@ -347,7 +347,7 @@ async fn half_made_snapshot_is_made_again() {
     let lease = snapq_worker::lease::JobLease::acquire(
         &images,
         image_id,
-        "rbd-layer-test",
+        ("rbd-layer-test", "vms/rbd-layer-test-disk"),
         "rbd-layer-test",
         std::time::Duration::from_secs(30),
     )

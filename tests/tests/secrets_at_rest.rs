@@ -9,6 +9,10 @@
 //! consuming, and two tap queues get a copy of everything routed to the request exchange and to
 //! the dead-letter exchange, so that messages the workers take at once are seen too. The only
 //! messages allowed to hold the secrets are the four requests as published, in the work queue.
+//!
+//! The workers log at debug level and publish oslo notifications (scanned too); (a) meets a
+//! held lease and goes through the retry tiers, and the parked (b) is replayed into the full
+//! copy, so the dead-letter consumer's own republishing is checked as well.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -250,6 +254,8 @@ struct Watch {
     request_tap: String,
     dead_letter_tap: String,
     reply_queues: Vec<String>,
+    /// The oslo notification queues the workers publish to (consumed, like the taps).
+    notification_queues: Vec<String>,
     /// Distinct messages seen in the topology's queues (each is looked at many times).
     peeked: HashSet<Seen>,
     /// Latest look at the parking lot.
@@ -275,6 +281,7 @@ impl Watch {
         let own: Vec<String> = [&self.request_tap, &self.dead_letter_tap]
             .into_iter()
             .chain(&self.reply_queues)
+            .chain(&self.notification_queues)
             .cloned()
             .collect();
         for queue in own {
@@ -438,6 +445,11 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
             .map(str::to_string)
             .chain([request_tap.clone(), dead_letter_tap.clone()])
             .chain(cases.iter().map(|c| c.reply_queue.clone()))
+            .chain(
+                ["info", "error"]
+                    .iter()
+                    .map(|p| format!("{}-notifications.{p}", topology.config.topic)),
+            )
             .collect(),
     );
     for (tap, exchange, key) in [
@@ -467,24 +479,58 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
     for case in &cases {
         declare_classic(&channel, &case.reply_queue).await;
     }
+    // Notifications on (oslo's messagingv2 format), to a topic of this test's own.
+    let notification_topic = format!("{}-notifications", topology.config.topic);
+    let notification_queues: Vec<String> = ["info", "error"]
+        .iter()
+        .map(|priority| format!("{notification_topic}.{priority}"))
+        .collect();
     let mut watch = Watch {
         mgmt: Mgmt::new(),
         topology: topology.clone(),
         request_tap: request_tap.clone(),
         dead_letter_tap: dead_letter_tap.clone(),
         reply_queues: cases.iter().map(|c| c.reply_queue.clone()).collect(),
+        notification_queues: notification_queues.clone(),
         peeked: HashSet::new(),
         parked_now: Vec::new(),
         taken: Vec::new(),
         in_flight_now: 0,
     };
 
-    let mut work = WorkerProcess::spawn(&topology, "work", None);
-    let mut dead_letter = WorkerProcess::spawn_dead_letter(&topology, "dead-letter");
+    // Debug logging, as an operator chasing a problem would turn on; notifications on.
+    let worker_env = |role: &'static str| {
+        vec![
+            ("SNAPQ_ROLE", role),
+            ("RUST_LOG", "debug,lapin=warn"),
+            ("SNAPQ_NOTIFICATION_DRIVER", "messagingv2"),
+            ("SNAPQ_NOTIFICATION_TOPICS", notification_topic.as_str()),
+        ]
+    };
+    let mut work = WorkerProcess::spawn_with(&topology, "work", &worker_env("work"));
+    let mut dead_letter =
+        WorkerProcess::spawn_with(&topology, "dead-letter", &worker_env("dead-letter"));
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // (a)'s lease is held for a while, as by a duplicate at work: (a) goes through the retry
+    // tiers, which must not keep its secrets either.
+    let held = snapq_worker::lease::JobLease::acquire(
+        &vms,
+        image_a,
+        ("a-duplicate", &format!("{}/{disk_a}", services.nova_pool)),
+        "secrets-test",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("hold (a)'s lease: {e:?}"));
     for case in &cases {
         rabbit::publish_raw(&channel, &topology, &case.body).await;
     }
+    let hold_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < hold_until {
+        watch.sweep().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.release(snapq_worker::lease::Release::Continue).await;
 
     // Watch until (a) is active and (b), (c), (d) are parked, with nothing else in flight.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -557,6 +603,24 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
         checkpoints_a >= 1,
         "the scan saw none of (a)'s checkpoints: nothing was checked"
     );
+    let retry_queues: Vec<&str> = topology
+        .retry_queues
+        .iter()
+        .map(|q| q.name.as_str())
+        .collect();
+    assert!(
+        watch
+            .all_seen()
+            .any(|m| retry_queues.contains(&m.queue.as_str())
+                && m.body.contains(&cases[0].unique_id)),
+        "the scan saw (a) in no retry queue: the retry tiers were not checked"
+    );
+    assert!(
+        watch.taken.iter().any(
+            |m| notification_queues.contains(&m.queue) && m.body.contains("snapq.snapshot.end")
+        ),
+        "the scan saw no end notification: notifications were not checked"
+    );
     let mut per_queue: std::collections::BTreeMap<&str, usize> = Default::default();
     for m in watch.all_seen() {
         *per_queue.entry(m.queue.as_str()).or_default() += 1;
@@ -599,7 +663,11 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
     make_disk(&vms, &disk_b, 16 * MIB, 1).await;
     let (ok, shown) = snapq_jobs(&topology, &["show", &cases[1].unique_id]);
     assert!(ok, "snapq jobs show: {shown}");
-    let (ok, replayed) = snapq_jobs(&topology, &["replay", &cases[1].unique_id]);
+    // Replayed into the full copy: the dead-letter consumer's pass must keep no secret either.
+    let (ok, replayed) = snapq_jobs(
+        &topology,
+        &["replay", "--mode", "fallback", &cases[1].unique_id],
+    );
     assert!(ok, "snapq jobs replay: {replayed}");
     for (what, text) in [("jobs show", &shown), ("jobs replay", &replayed)] {
         let found = secrets_in(&cases, text);
@@ -624,14 +692,14 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
         .taken
         .iter()
         .filter(|m| {
-            m.queue == request_tap
+            m.queue == dead_letter_tap
                 && m.body.contains(&cases[1].unique_id)
                 && m.header("x-snapq-replays").is_some()
         })
         .count();
     assert!(
         replayed_copies >= 1,
-        "the replayed (b) went through the request exchange"
+        "the replayed (b) went through the dead-letter exchange, to the full copy"
     );
     let violations = watch.violations(&cases);
     assert!(
@@ -646,8 +714,18 @@ async fn request_context_secrets_never_reach_queues_replies_or_logs_and_parked_j
         .terminate(Duration::from_secs(60))
         .await
         .success());
+    assert!(
+        dead_letter.log_text().contains("full copy done"),
+        "(b) was not made by the full copy: {}",
+        dead_letter.log.display()
+    );
     for (worker, handled) in [(&work, &cases[0]), (&dead_letter, &cases[1])] {
         let log = worker.log_text();
+        assert!(
+            log.contains("DEBUG"),
+            "{} was not logging at debug level",
+            worker.log.display()
+        );
         assert!(
             log.contains(&handled.unique_id),
             "{} does not show job ({})",

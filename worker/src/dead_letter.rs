@@ -15,9 +15,9 @@ use crate::channels::Channels;
 use crate::context::JobContext;
 use crate::decode::decode_job;
 use crate::error::{Disposition, JobError};
-use crate::lease::{JobLease, LeaseError, LeaseToken, Release};
+use crate::lease::{JobLease, LeaseError, Release};
 use crate::settings::WorkerSettings;
-use crate::{cleanup, fallback, notify, reply};
+use crate::{cleanup, fallback, gate, notify, reply};
 
 fn job_id_of(request: &SnapshotRequest, state: &JobState) -> String {
     state
@@ -119,7 +119,36 @@ async fn serve(
         .job_id
         .clone()
         .unwrap_or_else(|| request.unique_id.clone());
-    let lease = match JobLease::for_job(settings, request.image_id, &job_id).await {
+    // Who asks for what, before the lease and before any cleanup: a request for another
+    // project's image, or for an image another disk's job is making, touches nothing.
+    let ctx = match JobContext::new(settings, request) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            give_up(job, request, state, e).await;
+            return;
+        }
+    };
+    let checked = match gate::check_claim(&ctx, &settings.lease_pool).await {
+        Ok(()) => gate::check_project(&ctx).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
+        if e.disposition(settings.image_pool.name()) == Disposition::Retry {
+            wait_out(settings, job, request, state, reason, e).await;
+        } else {
+            error!(error = %e, "refusing the full copy; touching nothing");
+            give_up(job, request, state, e).await;
+        }
+        return;
+    }
+    let lease = match JobLease::for_job(
+        settings,
+        request.image_id,
+        &job_id,
+        &ctx.names.source.to_string(),
+    )
+    .await
+    {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
             info!("another worker holds the job's lease; trying again shortly");
@@ -137,8 +166,18 @@ async fn serve(
             return;
         }
     };
+    if let Err(e) = gate::confirm_claim(&ctx, &lease).await {
+        lease.release(Release::Continue).await;
+        if e.disposition(settings.image_pool.name()) == Disposition::Retry {
+            wait_out(settings, job, request, state, reason, e).await;
+        } else {
+            error!(error = %e, "refusing the full copy; touching nothing");
+            give_up(job, request, state, e).await;
+        }
+        return;
+    }
     let started = Instant::now();
-    let result = run_fallback(settings, request, lease.token(), &mut state).await;
+    let result = run_fallback(ctx.under(lease.token()), &mut state).await;
     let passing = result.as_ref().err().is_some_and(|e| {
         e.disposition(settings.image_pool.name()) == Disposition::Retry
             && state.fallback_attempt < settings.max_attempts
@@ -246,12 +285,11 @@ async fn give_up(
 }
 
 async fn run_fallback(
-    settings: &WorkerSettings,
-    request: &SnapshotRequest,
-    lease: LeaseToken,
+    ctx: JobContext,
     state: &mut JobState,
 ) -> Result<Option<fallback::CopyReport>, JobError> {
-    let ctx = JobContext::new(settings, request)?.under(lease);
+    // Is the image waiting for this copy? Asked before cleanup: a refused copy removes nothing.
+    fallback::admit(&ctx).await?;
     state.leftovers = cleanup::remove_partial_state(&ctx).await?;
     let copied = fallback::full_copy(&ctx).await;
     if copied.is_err() {

@@ -34,18 +34,17 @@ pub enum Refusal {
     GlancePool { pool: String },
     #[error("args.disk: '{name}' does not match the allowed disk names ({pattern}); refusing the request")]
     NameNotAllowed { name: String, pattern: String },
-    #[error("Glance image {image_id} is owned by project {owner}, not by the request's project {project}; refusing to touch it")]
-    OtherProject {
-        image_id: Uuid,
-        owner: String,
-        project: String,
-    },
+    /// The owner is not named: it is another tenant's.
+    #[error("Glance image {image_id} is not owned by the request's project {project}; refusing to touch it")]
+    OtherProject { image_id: Uuid, project: String },
     #[error("Glance image {image_id} is '{status}', not 'queued' and waiting for this snapshot; refusing to touch it")]
     ImageNotWaiting { image_id: Uuid, status: String },
     #[error("Glance image {image_id} has disk_format {disk_format}, but an RBD clone is raw data; refusing to touch it")]
     NotRaw { image_id: Uuid, disk_format: String },
-    #[error("Glance image {image_id} already has a location snapq did not register for this job ({location}); refusing to touch it")]
-    ForeignLocation { image_id: Uuid, location: String },
+    /// Only the location's scheme is said: its address (and any credentials in it) may be
+    /// another tenant's. Make it with [`Refusal::foreign_location`].
+    #[error("Glance image {image_id} already has a location snapq did not register for this job (a '{scheme}' location); refusing to touch it")]
+    ForeignLocation { image_id: Uuid, scheme: String },
     #[error("{image} exists but carries no snapq mark ({found}); refusing to touch it")]
     Unmarked { image: String, found: String },
     #[error("{image} was made by snapq for {made_for}, not for {wanted}; refusing to touch it")]
@@ -54,11 +53,35 @@ pub enum Refusal {
         made_for: String,
         wanted: String,
     },
+    #[error("Glance image {image_id} is being made from {claimed_by} by another snapq job, not from {wanted}; refusing the request (the other job goes on undisturbed)")]
+    ClaimedByOther {
+        image_id: Uuid,
+        claimed_by: String,
+        wanted: String,
+    },
     #[error("Glance image {image_id} is active, but snapq cannot show it made that data from {disk}; refusing to touch it")]
     UnprovenData { image_id: Uuid, disk: String },
 }
 
 impl Refusal {
+    /// The refusal of an image that has location `url`, naming only its scheme.
+    pub fn foreign_location(image_id: Uuid, url: &str) -> Refusal {
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme)
+            .filter(|scheme| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            })
+            .unwrap_or("unknown");
+        Refusal::ForeignLocation {
+            image_id,
+            scheme: scheme.to_string(),
+        }
+    }
+
     /// Refusals about who asks for what (not about what exists): decided before snapq looks
     /// at Ceph, so the job has made nothing and another job of the same image may be running.
     /// Such a job must not clean up anything.
@@ -69,6 +92,7 @@ impl Refusal {
                 | Refusal::GlancePool { .. }
                 | Refusal::NameNotAllowed { .. }
                 | Refusal::OtherProject { .. }
+                | Refusal::ClaimedByOther { .. }
         )
     }
 }

@@ -7,10 +7,11 @@
 //! stay exactly as they were.
 
 use snapq_common::glance::ImageRecord;
-use snapq_common::rbd::run_blocking;
+use snapq_common::rbd::{run_blocking, Pool};
 
 use crate::context::JobContext;
 use crate::error::{JobError, Refusal};
+use crate::lease::{self, Claim, JobLease};
 use crate::provenance::{inspect_clone, CloneOwner};
 
 /// How the job may go on.
@@ -48,11 +49,7 @@ pub async fn admit(ctx: &JobContext) -> Result<Admission, JobError> {
         .find(|url| *url != ours)
         .map(str::to_string);
     if let Some(location) = foreign_location {
-        return Err(Refusal::ForeignLocation {
-            image_id: ctx.image_id,
-            location,
-        }
-        .into());
+        return Err(Refusal::foreign_location(ctx.image_id, &location).into());
     }
     Ok(admission)
 }
@@ -65,6 +62,35 @@ pub async fn check_project(ctx: &JobContext) -> Result<(), JobError> {
     }
     let record = ctx.glance_image().await?;
     Ok(check_owner(ctx, &record)?)
+}
+
+/// Refuses at once a request for an image that another disk's job is making, by the claim on
+/// the image's lease object in `lease_pool` (read without the lock: the caller of a `call` is
+/// answered now, not once the other job lets go of the lock). [`confirm_claim`] decides.
+pub async fn check_claim(ctx: &JobContext, lease_pool: &Pool) -> Result<(), JobError> {
+    match lease::claimed_by(lease_pool, ctx.image_id).await? {
+        Some(disk) if disk != ctx.names.source.to_string() => Err(claimed(ctx, disk)),
+        _ => Ok(()),
+    }
+}
+
+/// Claims the image for this job's disk under its lease, or refuses the job when another
+/// disk's job has it. A refused job must touch nothing and let the lease go with
+/// `Release::Continue`.
+pub async fn confirm_claim(ctx: &JobContext, lease: &JobLease) -> Result<(), JobError> {
+    match lease.claim().await? {
+        Claim::Ours => Ok(()),
+        Claim::Other(disk) => Err(claimed(ctx, disk)),
+    }
+}
+
+fn claimed(ctx: &JobContext, claimed_by: String) -> JobError {
+    Refusal::ClaimedByOther {
+        image_id: ctx.image_id,
+        claimed_by,
+        wanted: ctx.names.source.to_string(),
+    }
+    .into()
 }
 
 fn not_waiting(ctx: &JobContext, status: String) -> JobError {
@@ -95,7 +121,17 @@ pub async fn admit_full_copy(
     let record = ctx.glance_image().await?;
     check_owner_and_format(ctx, &record)?;
     match record.status.as_str() {
-        "queued" => Ok(CopyAdmission::Copy),
+        "queued" => {
+            let ours = ctx.names.location(&ctx.fsid);
+            match record
+                .known_locations()
+                .into_iter()
+                .find(|url| *url != ours)
+            {
+                Some(location) => Err(Refusal::foreign_location(ctx.image_id, location).into()),
+                None => Ok(CopyAdmission::Copy),
+            }
+        }
         "active" => {
             let ours = ctx.names.location(&ctx.fsid);
             let direct = clone_owner(ctx).await?.is_this_job()
@@ -135,11 +171,6 @@ fn check_owner(ctx: &JobContext, record: &ImageRecord) -> Result<(), Refusal> {
         if owner != project {
             return Err(Refusal::OtherProject {
                 image_id: ctx.image_id,
-                owner: if owner.is_empty() {
-                    "(none)".into()
-                } else {
-                    owner.to_string()
-                },
                 project: project.to_string(),
             });
         }

@@ -14,7 +14,12 @@
 //!   done), written under the lock when a step ends. A stale copy of a job message (one whose
 //!   acknowledgement was lost after its checkpoint was published) finds it is behind and is
 //!   dropped instead of running the job a second time at once.
-//! - The object is removed when the job ends, however it ends.
+//! - The lock object also records which source disk the image is being made from
+//!   (`snapq.claim`), written by the first job admitted for the image. A request for the same
+//!   image from another disk is refused on sight (before the lock), and a job that holds the
+//!   lock but not the claim never removes the object: the claim and the progress record are
+//!   the other job's.
+//! - The object is removed when the job that holds the claim ends, however it ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +39,8 @@ use crate::settings::WorkerSettings;
 const LOCK_NAME: &str = "snapq-job";
 /// The lock object's record of the job's progress.
 const PROGRESS_XATTR: &str = "snapq.progress";
+/// The lock object's record of the source disk (`pool/image`) the image is made from.
+const CLAIM_XATTR: &str = "snapq.claim";
 /// Tries while another holder has the lease: the previous step's worker releases it while it
 /// publishes the checkpoint, so it may still be held for a few milliseconds.
 const HELD_RETRIES: u32 = 16;
@@ -57,6 +64,24 @@ fn releases_in_flight() -> MutexGuard<'static, HashMap<String, watch::Receiver<b
 /// The RADOS object that carries the lock of the job for Glance image `image_id`.
 pub fn lease_object(image_id: Uuid) -> String {
     format!("snapq_lease.{image_id}")
+}
+
+/// The source disk (`pool/image`) a job for Glance image `image_id` has claimed the image for,
+/// if any. Read without the lock, so a request for another disk is refused at once; a job
+/// confirms its claim under the lock with [`JobLease::claim`].
+pub async fn claimed_by(pool: &Pool, image_id: Uuid) -> Result<Option<String>, RbdError> {
+    let (pool, object) = (pool.clone(), lease_object(image_id));
+    let raw = run_blocking(move || pool.xattr(&object, CLAIM_XATTR)).await?;
+    Ok(raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// Whose the image is, by the lock object's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This job's disk (claimed now, or already).
+    Ours,
+    /// Another source disk's job has it.
+    Other(String),
 }
 
 /// Whether the lease is still held, shared with the blocking Ceph calls of a step.
@@ -133,6 +158,8 @@ pub struct JobLease {
     object: String,
     cookie: String,
     job_id: String,
+    /// The source disk this job makes the image from (`pool/image`).
+    disk: String,
     token: LeaseToken,
     lost: watch::Receiver<bool>,
     renewer: JoinHandle<()>,
@@ -147,17 +174,18 @@ pub enum LeaseError {
 }
 
 impl JobLease {
-    /// Takes the lease of the job `job_id` for Glance image `image_id`, in the worker's lease
-    /// pool.
+    /// Takes the lease of the job `job_id` for Glance image `image_id` from source disk `disk`
+    /// (`pool/image`), in the worker's lease pool.
     pub async fn for_job(
         settings: &WorkerSettings,
         image_id: Uuid,
         job_id: &str,
+        disk: &str,
     ) -> Result<JobLease, LeaseError> {
         JobLease::acquire(
             &settings.lease_pool,
             image_id,
-            job_id,
+            (job_id, disk),
             &settings.name,
             settings.lease_duration,
         )
@@ -165,10 +193,11 @@ impl JobLease {
     }
 
     /// Takes the lease for `duration`, renewing it every third of that until released.
+    /// `(job_id, disk)`: the job and the source disk (`pool/image`) it makes the image from.
     pub async fn acquire(
         pool: &Pool,
         image_id: Uuid,
-        job_id: &str,
+        (job_id, disk): (&str, &str),
         holder: &str,
         duration: Duration,
     ) -> Result<JobLease, LeaseError> {
@@ -215,6 +244,7 @@ impl JobLease {
             object,
             cookie,
             job_id: job_id.to_string(),
+            disk: disk.to_string(),
             token,
             lost,
             renewer,
@@ -237,6 +267,30 @@ impl JobLease {
             .map(|p| p.step_done))
     }
 
+    /// The job id of the progress record on the lease object, whatever job wrote it.
+    pub async fn recorded_job(&self) -> Result<Option<String>, RbdError> {
+        let (pool, object) = (self.pool.clone(), self.object.clone());
+        let raw = run_blocking(move || pool.xattr(&object, PROGRESS_XATTR)).await?;
+        Ok(raw.as_deref().and_then(Progress::decode).map(|p| p.job_id))
+    }
+
+    /// Claims the image for this job's disk, under the lock: the first job admitted for an
+    /// image claims it; a job for the same disk (a resume, a duplicate) finds its claim; a job
+    /// for another disk gets [`Claim::Other`] and must touch nothing.
+    pub async fn claim(&self) -> Result<Claim, RbdError> {
+        self.token.check("claim the image in")?;
+        let (pool, object, disk) = (self.pool.clone(), self.object.clone(), self.disk.clone());
+        run_blocking(move || match pool.xattr(&object, CLAIM_XATTR)? {
+            Some(raw) if raw == disk.as_bytes() => Ok(Claim::Ours),
+            Some(raw) => Ok(Claim::Other(String::from_utf8_lossy(&raw).into_owned())),
+            None => {
+                pool.set_xattr(&object, CLAIM_XATTR, disk.as_bytes())?;
+                Ok(Claim::Ours)
+            }
+        })
+        .await
+    }
+
     /// Resolves when the lease is lost.
     pub async fn lost(&self) {
         let mut lost = self.lost.clone();
@@ -252,6 +306,7 @@ impl JobLease {
         let (done_tx, done) = watch::channel(false);
         releases_in_flight().insert(self.object.clone(), done.clone());
         let (pool, object, cookie) = (self.pool.clone(), self.object.clone(), self.cookie.clone());
+        let disk = self.disk.clone();
         let progress = match how {
             Release::After(step) => Some(Progress {
                 job_id: self.job_id.clone(),
@@ -265,6 +320,14 @@ impl JobLease {
                 return Ok(());
             }
             match how {
+                // Another disk's job claimed the image: its claim and progress stay.
+                Release::End
+                    if pool
+                        .xattr(&object, CLAIM_XATTR)?
+                        .is_some_and(|claim| claim != disk.as_bytes()) =>
+                {
+                    pool.unlock(&object, LOCK_NAME, &cookie)
+                }
                 // Removing the object drops the lock with it, in one step: no other worker
                 // can take the lock in between and lose it to the removal.
                 Release::End => pool.remove_object(&object),

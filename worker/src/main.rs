@@ -10,7 +10,7 @@ use snapq_common::amqp::Topology;
 use snapq_common::cloud::glance_client;
 use snapq_common::config::{AmqpArgs, CephArgs, GlanceArgs};
 use snapq_worker::settings::{LostImport, LostImportAction, NotificationSettings};
-use snapq_worker::{run_worker, Role, SourcePolicy, WorkerSettings};
+use snapq_worker::{run_worker, Role, WorkerSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,22 +78,12 @@ struct Args {
     /// Seconds running steps may take to finish after SIGTERM.
     #[arg(long, env = "SNAPQ_SHUTDOWN_GRACE", default_value_t = 60)]
     shutdown_grace: u64,
-    /// Pools requests may name a disk in (comma-separated). Glance's pool is never allowed.
-    #[arg(
-        long,
-        env = "SNAPQ_SOURCE_POOLS",
-        default_value = "vms",
-        value_delimiter = ','
-    )]
-    source_pools: Vec<String>,
+    #[command(flatten)]
+    policy: snapq_worker::policy::PolicyArgs,
     /// Pool holding the jobs' lease objects (one per Glance image, whatever pool a request
     /// names); the worker's Ceph user must be able to write it. Default: the first source pool.
     #[arg(long, env = "SNAPQ_LEASE_POOL")]
     lease_pool: Option<String>,
-    /// Regular expression a requested disk's name must match (default: Nova's
-    /// `<uuid>_disk`, `<uuid>_disk.local`, `<uuid>_disk.eph<N>`).
-    #[arg(long, env = "SNAPQ_DISK_NAME_PATTERN", default_value = snapq_worker::policy::NOVA_DISK_NAME_PATTERN)]
-    disk_name_pattern: String,
 }
 
 #[tokio::main]
@@ -109,11 +99,7 @@ async fn main() -> anyhow::Result<()> {
             args.lease_seconds
         );
     }
-    let source_policy = SourcePolicy::new(
-        &args.source_pools,
-        &args.disk_name_pattern,
-        &args.ceph.glance_pool,
-    )?;
+    let source_policy = args.policy.policy(&args.ceph.glance_pool)?;
     // Secrets first: a refused setting must not wait for Ceph.
     let amqp_url = args.amqp.resolve()?;
     let amqp_ca = args.amqp.ca_pem()?;

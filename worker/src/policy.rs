@@ -14,6 +14,30 @@ use crate::error::Refusal;
 pub const NOVA_DISK_NAME_PATTERN: &str =
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_disk(\.local|\.eph[0-9]+)?$";
 
+/// The policy's options, shared by `snapq-worker` and `snapq jobs purge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Pools requests may name a disk in (comma-separated). Glance's pool is never allowed.
+    #[arg(
+        long,
+        env = "SNAPQ_SOURCE_POOLS",
+        default_value = "vms",
+        value_delimiter = ','
+    )]
+    pub source_pools: Vec<String>,
+    /// Regular expression a requested disk's whole name must match (default: Nova's
+    /// `<uuid>_disk`, `<uuid>_disk.local`, `<uuid>_disk.eph<N>`).
+    #[arg(long, env = "SNAPQ_DISK_NAME_PATTERN", default_value = NOVA_DISK_NAME_PATTERN)]
+    pub disk_name_pattern: String,
+}
+
+impl PolicyArgs {
+    /// The policy these options make, in a cluster where Glance's pool is `glance_pool`.
+    pub fn policy(&self, glance_pool: &str) -> Result<SourcePolicy, PolicyError> {
+        SourcePolicy::new(&self.source_pools, &self.disk_name_pattern, glance_pool)
+    }
+}
+
 /// The allowed source pools and disk names, validated once at start.
 #[derive(Debug, Clone)]
 pub struct SourcePolicy {
@@ -36,8 +60,9 @@ pub enum PolicyError {
 }
 
 impl SourcePolicy {
-    /// `pools` (comma-separated in the options) and `pattern`, a regular expression a whole
-    /// disk name must match (anchor it; it is matched as given).
+    /// `pools` (comma-separated in the options) and `pattern`, a regular expression the whole
+    /// disk name must match: it is anchored here (`^(?:pattern)$`), so `.*_disk` cannot match
+    /// `x_disk_backup` by a substring.
     pub fn new(
         pools: &[String],
         pattern: &str,
@@ -60,7 +85,7 @@ impl SourcePolicy {
         }
         Ok(SourcePolicy {
             pools,
-            names: Regex::new(pattern)?,
+            names: Regex::new(&format!("^(?:{pattern})$"))?,
             glance_pool: glance_pool.to_string(),
         })
     }
@@ -152,5 +177,25 @@ mod tests {
         assert!(matches!(err, PolicyError::NoPools));
         let err = SourcePolicy::new(&["vms".into()], "(", "images").expect_err("bad regex");
         assert!(err.to_string().starts_with("--disk-name-pattern"), "{err}");
+    }
+
+    #[test]
+    fn a_user_pattern_must_match_the_whole_name() {
+        let policy =
+            SourcePolicy::new(&["vms".into()], "[0-9a-f-]+_disk", "images").expect("valid policy");
+        assert!(policy.check(&disk("vms/0a1b_disk")).is_ok());
+        for name in [
+            "vms/0a1b_disk_backup",
+            "vms/secret-0a1b_disk",
+            "vms/x/0a1b_disk",
+        ] {
+            let Ok(spec) = DiskSpec::parse("args.disk", name) else {
+                continue;
+            };
+            assert!(
+                matches!(policy.check(&spec), Err(Refusal::NameNotAllowed { .. })),
+                "{name} must not match by a substring"
+            );
+        }
     }
 }

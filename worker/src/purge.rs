@@ -14,6 +14,7 @@ use crate::context::JobContext;
 use crate::error::JobError;
 use crate::lease::{JobLease, LeaseError, Release};
 use crate::names::ArtifactNames;
+use crate::policy::SourcePolicy;
 use crate::{cleanup, fallback};
 
 /// What a purge needs to reach.
@@ -24,6 +25,9 @@ pub struct PurgeTarget {
     /// The workers' lease pool.
     pub lease_pool: Pool,
     pub glance: GlanceClient,
+    /// The workers' source policy: a parked request naming a disk it forbids is purged from
+    /// the parking lot but nothing in Ceph is touched for it.
+    pub policy: SourcePolicy,
 }
 
 /// Why a job's remains were not removed.
@@ -31,6 +35,11 @@ pub struct PurgeTarget {
 pub enum PurgeError {
     #[error("a worker is working on the job right now (its lease is held); try again later")]
     InUse,
+    #[error("another job ({job}) is making Glance image {image_id} right now; its artefacts are the same as this job's, so nothing is removed; try again once it has ended")]
+    OtherJobLive { job: String, image_id: Uuid },
+    /// The request names a disk the source policy forbids: nothing in Ceph was touched.
+    #[error("{0}; nothing in Ceph is touched for it")]
+    NotAllowed(#[from] crate::error::Refusal),
     #[error(transparent)]
     Job(#[from] JobError),
 }
@@ -42,10 +51,12 @@ pub async fn remove_remains(
     request: &SnapshotRequest,
     job_id: &str,
 ) -> Result<Vec<String>, PurgeError> {
+    target.policy.check(&request.disk)?;
+    let disk = request.disk.to_string();
     let lease = match JobLease::acquire(
         &target.lease_pool,
         request.image_id,
-        job_id,
+        (job_id, &disk),
         "snapq-jobs-purge",
         Duration::from_secs(30),
     )
@@ -55,8 +66,25 @@ pub async fn remove_remains(
         Err(LeaseError::Held) => return Err(PurgeError::InUse),
         Err(LeaseError::Ceph(e)) => return Err(JobError::Ceph(e).into()),
     };
+    // A live job of the same image (a replay, a duplicate) between two steps: the lease is
+    // free, but the job has a record on it. Its artefacts carry the same marks as this job's.
+    match lease.recorded_job().await {
+        Ok(Some(live)) if live != job_id => {
+            lease.release(Release::Continue).await;
+            return Err(PurgeError::OtherJobLive {
+                job: live,
+                image_id: request.image_id,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            lease.release(Release::Continue).await;
+            return Err(JobError::Ceph(e).into());
+        }
+    }
     let result = async {
         let ctx = context(target, request)?.under(lease.token());
+        crate::gate::confirm_claim(&ctx, &lease).await?;
         let remaining = cleanup::remove_partial_state(&ctx).await?;
         fallback::remove_fallback_snapshot(&ctx).await?;
         Ok::<_, JobError>(remaining)

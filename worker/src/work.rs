@@ -83,6 +83,12 @@ async fn run_step(
             return;
         }
     };
+    // A request for an image another disk's job is making is answered now, not once that
+    // job lets go of the lease.
+    if let Err(e) = gate::check_claim(&ctx, &settings.lease_pool).await {
+        fail(settings, job, request, state, step, e, None).await;
+        return;
+    }
     if step == Step::SnapshotSource {
         // A request for another project's image is refused before the lease, which would
         // otherwise be the one thing it left in Ceph.
@@ -93,7 +99,8 @@ async fn run_step(
     }
     let lease_started = Instant::now();
     let job_id = state.job_id.clone().unwrap_or_default();
-    let lease = match JobLease::for_job(settings, request.image_id, &job_id).await {
+    let disk = ctx.names.source.to_string();
+    let lease = match JobLease::for_job(settings, request.image_id, &job_id, &disk).await {
         Ok(lease) => lease,
         Err(LeaseError::Held) => {
             // Another worker runs this job right now (a duplicate held): come back later,
@@ -108,6 +115,13 @@ async fn run_step(
             return;
         }
     };
+    // Two requests for one image from different disks may both pass the check above; the
+    // claim under the lock decides, and the loser leaves the winner's record alone.
+    if let Err(e) = gate::confirm_claim(&ctx, &lease).await {
+        lease.release(Release::Continue).await;
+        fail(settings, job, request, state, step, e, None).await;
+        return;
+    }
     // A copy of the job that is behind what the lease object recorded is stale: its
     // acknowledgement was lost after its checkpoint went out, and the job goes on from that
     // checkpoint. Running it too would run the job twice at once.

@@ -44,6 +44,8 @@ const DELETE_RETRY_MIN_DELAY: Duration = Duration::from_millis(250);
 pub(super) struct Reply {
     pub(super) status: StatusCode,
     pub(super) body: Bytes,
+    /// The Keystone token the request carried, to mask it should Glance echo it back.
+    sent_token: Option<String>,
 }
 
 impl GlanceClient {
@@ -294,7 +296,11 @@ impl GlanceClient {
             let response = build(request).send().await?;
             let status = response.status();
             let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>(Reply { status, body })
+            Ok::<_, reqwest::Error>(Reply {
+                status,
+                body,
+                sent_token: used.clone(),
+            })
         }
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -340,7 +346,10 @@ impl GlanceClient {
             method: method_name(method),
             path: path.to_string(),
             status: reply.status.as_u16(),
-            message: glance_message(&reply.body, self.inner.token.as_deref()),
+            message: glance_message(
+                &reply.body,
+                &[reply.sent_token.as_deref(), self.inner.token.as_deref()],
+            ),
         })
     }
 

@@ -100,7 +100,7 @@ fn is_location_call(method: &str, path: &str) -> bool {
 /// Glance's error text from a response body: the `message` of its JSON error document (sent
 /// because the client asks for `application/json`), else the body with HTML tags removed.
 /// Whitespace is collapsed, `secret` (the token) masked, and the result trimmed to ~300 chars.
-pub(super) fn glance_message(body: &[u8], secret: Option<&str>) -> String {
+pub(super) fn glance_message(body: &[u8], secrets: &[Option<&str>]) -> String {
     let raw = String::from_utf8_lossy(body);
     let from_json = serde_json::from_str::<serde_json::Value>(&raw)
         .ok()
@@ -114,7 +114,7 @@ pub(super) fn glance_message(body: &[u8], secret: Option<&str>) -> String {
         },
     };
     let mut text = collapse_whitespace(&decode_entities(&strip_tags(&text)));
-    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+    for secret in secrets.iter().flatten().filter(|s| !s.is_empty()) {
         text = text.replace(secret, "<redacted>");
     }
     truncate(text, MESSAGE_LIMIT)
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn message_from_json_error_document() {
         let body = br#"{"message": "No image found with ID 42<br /><br />\n\n\n", "code": "404 Not Found", "title": "Not Found"}"#;
-        assert_eq!(glance_message(body, None), "No image found with ID 42");
+        assert_eq!(glance_message(body, &[]), "No image found with ID 42");
     }
 
     #[test]
@@ -174,7 +174,7 @@ mod tests {
             <h1>403 Forbidden</h1>\n  It&#x27;s not allowed to add locations if locations are \
             invisible.<br /><br />\n\n\n\n </body>\n</html>";
         assert_eq!(
-            glance_message(body, None),
+            glance_message(body, &[]),
             "It's not allowed to add locations if locations are invisible."
         );
     }
@@ -182,8 +182,14 @@ mod tests {
     #[test]
     fn message_is_trimmed_and_never_contains_the_token() {
         let body = format!("token tok-123 {}", "x".repeat(1000));
-        let message = glance_message(body.as_bytes(), Some("tok-123"));
+        let message = glance_message(body.as_bytes(), &[None, Some("tok-123")]);
         assert!(!message.contains("tok-123"));
+        // The Keystone token a request carried is masked as well as the static one.
+        let echoed = glance_message(
+            b"bad token ks-9 or tok-123",
+            &[Some("ks-9"), Some("tok-123")],
+        );
+        assert_eq!(echoed, "bad token <redacted> or <redacted>");
         assert!(message.chars().count() <= MESSAGE_LIMIT + 1);
         assert!(message.starts_with("token <redacted> x"));
     }

@@ -118,8 +118,8 @@ impl RequestContext {
     pub fn project(&self) -> Option<&str> {
         ["project_id", "project", "tenant"]
             .iter()
-            .find_map(|key| self.values.get(*key).and_then(Value::as_str))
-            .filter(|project| !project.is_empty())
+            .filter_map(|key| self.values.get(*key).and_then(Value::as_str))
+            .find(|project| !project.is_empty())
     }
 
     /// Whether the value of `key` is a credential. A key is secret when, lower-cased, it contains
@@ -134,14 +134,9 @@ impl RequestContext {
     /// A copy without the secret keys, for everything snapq writes or shows: republished
     /// messages, replies, logs. Nothing snapq does needs the caller's credentials.
     pub fn without_secrets(&self) -> RequestContext {
-        RequestContext {
-            values: self
-                .values
-                .iter()
-                .filter(|(key, _)| !RequestContext::is_secret_key(key))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-        }
+        let mut values = self.values.clone();
+        remove_secret_keys(&mut values);
+        RequestContext { values }
     }
 
     /// Collects the `_context_*` keys of a decoded message, checking the ids that end up in logs.
@@ -215,6 +210,28 @@ impl fmt::Debug for RequestContext {
     }
 }
 
+/// Removes every secret-named key (see [`RequestContext::is_secret_key`]) from `object`, at
+/// any depth (objects inside objects and arrays). Whether anything was removed.
+pub(super) fn remove_secret_keys(object: &mut Map<String, Value>) -> bool {
+    let before = object.len();
+    object.retain(|key, _| !RequestContext::is_secret_key(key));
+    let mut removed = object.len() != before;
+    for value in object.values_mut() {
+        removed |= remove_secrets_in(value);
+    }
+    removed
+}
+
+fn remove_secrets_in(value: &mut Value) -> bool {
+    match value {
+        Value::Object(object) => remove_secret_keys(object),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |removed, item| remove_secrets_in(item) | removed),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -273,6 +290,38 @@ mod tests {
         }
         assert!(shown.contains("\"auth_token\": <redacted>"), "{shown}");
         assert!(shown.contains("\"user_id\": String(\"u1\")"), "{shown}");
+    }
+
+    #[test]
+    fn without_secrets_removes_secret_keys_at_any_depth() {
+        let ctx = context_of(json!({
+            "_context_auth_token": "gAAAAAB-top",
+            "_context_service_catalog": [{"endpoints": [{"url": "http://x", "token": "nested-1"}]}],
+            "_context_user_auth_plugin": {"password": "nested-2", "username": "demo"},
+            "_context_user_id": "u1",
+        }))
+        .unwrap();
+        let clean = ctx.without_secrets();
+        let shown = serde_json::to_string(&clean.iter().collect::<Vec<_>>()).unwrap();
+        for secret in ["gAAAAAB-top", "nested-1", "nested-2"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("demo") && shown.contains("http://x"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_empty_project_id_does_not_hide_the_project() {
+        let ctx = context_of(json!({
+            "_context_project_id": "",
+            "_context_project": "p-42",
+        }))
+        .unwrap();
+        assert_eq!(ctx.project(), Some("p-42"));
+        let none = context_of(json!({"_context_project_id": ""})).unwrap();
+        assert_eq!(none.project(), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use regex::bytes::Regex;
 use serde_json::{Map, Value};
 
-use super::context::RequestContext;
+use super::context::remove_secret_keys;
 use super::envelope::check_routing_name;
 use super::json::to_json;
 use super::request::{is_oslo_reply_queue, ReplyTo};
@@ -105,26 +105,6 @@ fn structured(body: &[u8]) -> Option<Structured> {
 }
 
 /// Removes secret-named keys at any depth; true if any was removed.
-fn remove_secret_keys(object: &mut Map<String, Value>) -> bool {
-    let before = object.len();
-    object.retain(|key, _| !RequestContext::is_secret_key(key));
-    let mut removed = object.len() != before;
-    for value in object.values_mut() {
-        removed |= remove_secrets_in(value);
-    }
-    removed
-}
-
-fn remove_secrets_in(value: &mut Value) -> bool {
-    match value {
-        Value::Object(object) => remove_secret_keys(object),
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |removed, item| remove_secrets_in(item) | removed),
-        _ => false,
-    }
-}
-
 /// For bodies that are not JSON: after every key that names a secret (quoted, maybe with
 /// escaped quotes as inside `oslo.message`), the value up to the next `,` or `}` is replaced.
 /// Over-redacting a broken body is fine; it is kept only for an operator to look at.

@@ -28,13 +28,18 @@ pub struct CopyReport {
     pub seconds: f64,
 }
 
+/// Whether the image may be made (or was made) by this job's full copy; a refusal says why.
+/// Read-only: ask it before cleaning up for a copy.
+pub async fn admit(ctx: &JobContext) -> Result<CopyAdmission, JobError> {
+    let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
+    gate::admit_full_copy(ctx, fallback_snapshot_exists(ctx, &snapshot).await?).await
+}
+
 /// Copies the disk into the (queued) Glance image and waits until it is active. Idempotent:
 /// an image that is already active is left alone; the fallback snapshot is removed either way.
 pub async fn full_copy(ctx: &JobContext) -> Result<Option<CopyReport>, JobError> {
     let snapshot = format!("{FALLBACK_SNAPSHOT_PREFIX}{}", ctx.image_id);
-    if gate::admit_full_copy(ctx, fallback_snapshot_exists(ctx, &snapshot).await?).await?
-        == CopyAdmission::AlreadyMade
-    {
+    if admit(ctx).await? == CopyAdmission::AlreadyMade {
         remove_fallback_snapshot(ctx).await?;
         return Ok(None);
     }

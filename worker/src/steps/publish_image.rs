@@ -67,11 +67,9 @@ pub async fn ensure(ctx: &JobContext) -> Result<StepReport, JobError> {
             // (checked above) either way.
             "active" => {
                 return match record.direct_url {
-                    Some(url) if url != location => Err(Refusal::ForeignLocation {
-                        image_id: ctx.image_id,
-                        location: url,
+                    Some(url) if url != location => {
+                        Err(Refusal::foreign_location(ctx.image_id, &url).into())
                     }
-                    .into()),
                     _ => {
                         info!(size = record.size, "Glance image is active");
                         Ok(report)
